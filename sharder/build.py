@@ -1,0 +1,560 @@
+"""``usf-shard build``: raw collections -> verified, deduplicated, privacy-safe shards.
+
+Stages (each streams; memory is bounded by the frame being processed plus small per-sample
+records, never by whole images of the corpus):
+
+1. **plan**     walk the dataset roots (sorted) into ``_work/inputs.tsv``.
+2. **extract**  N worker processes, input ``i`` handled by worker ``i % N``: read -> curate ->
+                hash -> encode; encoded frames appended to ``_work/extract-W.bin``, one record
+                per frame to ``extract-W.jsonl``, rejects to ``rejects-W.jsonl``. A finished
+                worker leaves ``extract-W.done`` so a re-run after a kill skips it.
+3. **dedup**    one pass in input order (independent of N): held-out datasets first (their
+                hashes guard against leakage), then exact (pixel hash) and near (64-bit pHash,
+                multi-index Hamming search) duplicates; first seen wins. Split by salted group.
+4. **write**    survivors in a global seeded order, cut into shards per split, written in
+                parallel to temporary names and renamed; a shard that already exists under its
+                final name (a resumed build) is kept. Then ``.idx``, manifest, reports.
+
+The output is a pure function of (inputs, config): a killed and resumed build is byte-identical
+to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .codec import encode
+from .config import BuildConfig, DatasetSpec
+from .curate import CurateOptions, curate
+from .dedup import NearDupIndex, phash64, phash_hex, pixel_hash
+from .frames import InputRejected, ReaderOptions
+from .keys import order_key, salted_hex, unit_interval
+from .manifest import FORMAT, VERSION
+from .readers import detect_format, iter_frames
+from .shards import file_sha256, write_shard
+
+log = logging.getLogger("usf_shard")
+WORK = "_work"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- plan
+def _walk(spec: DatasetSpec) -> list[str]:
+    root = Path(spec.root)
+    found: set[str] = set()
+    for g in spec.globs:
+        for p in root.glob(g):
+            rel = p.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts):
+                continue  # hidden files (.DS_Store, our own temp files) are not inputs
+            if p.is_file() or (p.exists() and not p.is_dir()):
+                found.add(rel.as_posix())
+            elif p.is_symlink():  # broken link: still an input, rejected later with a reason
+                found.add(rel.as_posix())
+    return sorted(found)
+
+
+def plan_inputs(cfg: BuildConfig, work: Path) -> tuple[int, list[str]]:
+    """Writes ``inputs.tsv`` (input index, dataset index, relative path); returns the count and
+    the names of datasets whose root is missing."""
+    missing: list[str] = []
+    n = 0
+    with open(work / "inputs.tsv", "w") as f:
+        for d, spec in enumerate(cfg.datasets):
+            if not spec.root or not Path(spec.root).is_dir():
+                missing.append(spec.name)
+                continue
+            for rel in _walk(spec):
+                if "\t" in rel or "\n" in rel:
+                    rel = rel.replace("\t", " ").replace("\n", " ")
+                f.write(f"{n}\t{d}\t{rel}\n")
+                n += 1
+    return n, missing
+
+
+def _iter_inputs(work: Path, worker: int, workers: int) -> Iterator[tuple[int, int, str]]:
+    with open(work / "inputs.tsv") as f:
+        for line in f:
+            i, d, rel = line.rstrip("\n").split("\t", 2)
+            if int(i) % workers == worker:
+                yield int(i), int(d), rel
+
+
+# ----------------------------------------------------------------------------- extract
+@dataclass
+class _Group:
+    """Resolves an input's group id (patient/study) per the dataset's rule; returns the raw id,
+    which is salted-hashed before it is stored anywhere."""
+
+    spec: DatasetSpec
+    _csv: dict | None = None
+    _re: object = None
+
+    def __call__(self, rel: str, hint: str | None) -> str:
+        g = self.spec.group
+        if g.rule == "file":
+            return rel
+        if g.rule == "parent":
+            return str(Path(rel).parent)
+        if g.rule == "dicom":
+            return hint or rel
+        if g.rule == "regex":
+            import re
+
+            self._re = self._re or re.compile(g.pattern)
+            m = self._re.search(rel)
+            return m.group(1) if m else rel
+        if g.rule == "csv":
+            if self._csv is None:
+                import csv
+
+                with open(g.csv, newline="") as f:
+                    self._csv = {r[g.path_column]: r[g.group_column] for r in csv.DictReader(f)}
+            return self._csv.get(rel, rel)
+        # auto: a DICOM study id when present, else the folder the file lives in
+        if hint:
+            return hint
+        parent = str(Path(rel).parent)
+        return rel if parent == "." else parent
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+class _Extractor:
+    """Runs stage 2 for one worker's share of the inputs."""
+
+    def __init__(self, cfg: BuildConfig, work: Path, worker: int, workers: int, counter=None):
+        self.cfg, self.work, self.worker, self.workers = cfg, work, worker, workers
+        self.counter = counter  # shared (inputs, frames) counters for the progress bar
+        self.groups = [_Group(s) for s in cfg.datasets]
+
+    def _reject(self, rej, dataset: str, rel: str, frame, reason: str, detail: str,
+                scope: str = "input") -> None:
+        """scope "input": the file (or its remainder after ``frame`` good frames) is unusable;
+        scope "frame": one decoded frame was dropped by curation (counts in ``rejected``)."""
+        rej.write(json.dumps({"dataset": dataset, "path": rel, "frame": frame, "scope": scope,
+                              "reason": reason, "detail": detail}) + "\n")
+        log.debug("rejected %s/%s frame=%s: %s", dataset, rel, frame, reason)
+
+    def run(self) -> None:
+        w = self.worker
+        done = self.work / f"extract-{w}.done"
+        if done.exists():
+            return
+        cfg = self.cfg
+        with open(self.work / f"extract-{w}.bin", "wb") as binf, \
+                open(self.work / f"extract-{w}.jsonl", "w") as recf, \
+                open(self.work / f"rejects-{w}.jsonl", "w") as rej:
+            for i, d, rel in _iter_inputs(self.work, w, self.workers):
+                spec = cfg.datasets[d]
+                nframes = self._one_input(i, spec, self.groups[d], rel, binf, recf, rej)
+                if self.counter is not None:
+                    with self.counter.get_lock():
+                        self.counter[0] += 1
+                        self.counter[1] += nframes
+        done.touch()
+
+    def _one_input(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, binf, recf, rej) -> int:
+        cfg = self.cfg
+        path = Path(spec.root) / rel
+        try:
+            size = path.stat().st_size
+            if size == 0:
+                raise InputRejected("empty_file", "the file has zero bytes")
+            if size > cfg.max_input_bytes:
+                raise InputRejected("too_large", f"{size} bytes exceeds max_input_bytes")
+            fmt = spec.format if spec.format != "auto" else detect_format(path)
+            if fmt is None:
+                raise InputRejected("unknown_format", "not an image, DICOM, volume or video")
+            digest = _file_digest(path)
+        except InputRejected as e:
+            self._reject(rej, spec.name, rel, None, e.reason, e.detail)
+            return 0
+        except OSError as e:
+            self._reject(rej, spec.name, rel, None, "unreadable", e.strerror or type(e).__name__)
+            return 0
+
+        ropts = ReaderOptions(frame_stride=spec.frame_stride, max_frames=spec.max_frames,
+                              volume_axes=tuple(spec.volume_axes), slice_stride=spec.slice_stride,
+                              max_pixels=cfg.max_pixels)
+        copts = CurateOptions(crop_mode=spec.crop_mode, colour_policy=spec.colour_policy,
+                              deannotate=spec.deannotate, short_side=cfg.short_side,
+                              min_side=cfg.min_side)
+        source = salted_hex(cfg.salt, "source", digest)
+        nframes = 0
+        try:
+            for frame in iter_frames(path, fmt, ropts):
+                seq = nframes
+                nframes += 1
+                try:
+                    cur = curate(frame.pixels, copts)
+                except InputRejected as e:
+                    self._reject(rej, spec.name, rel, seq, e.reason, e.detail, scope="frame")
+                    continue
+                group = salted_hex(cfg.salt, "group", spec.name, grouper(rel, frame.group_hint))
+                key = salted_hex(cfg.salt, "key", spec.name, digest, frame.axis, frame.index)
+                img = cur.image
+                data = encode(img, cfg.codec, cfg.jpeg_quality)
+                off = binf.tell()
+                binf.write(data)
+                ph = phash64(img)
+                meta = {"dataset": spec.name, "anatomy": spec.anatomy, "split": None,
+                        "group": group, "source": source, "frame": int(frame.index),
+                        "axis": frame.axis, "orig_hw": [int(s) for s in frame.pixels.shape[:2]],
+                        "crop": [int(c) for c in cur.crop], "ops": list(cur.ops),
+                        "phash": phash_hex(ph)}
+                x = img.astype(np.float64) / 255.0
+                recf.write(json.dumps({"i": i, "f": seq, "key": key, "off": off, "len": len(data),
+                                       "xh": pixel_hash(img), "ph": ph, "meta": meta,
+                                       "s": float(x.sum()), "ss": float((x * x).sum()),
+                                       "n": int(x.size)}) + "\n")
+        except InputRejected as e:
+            # all frames yielded before the failure are kept; the input is reported either way
+            self._reject(rej, spec.name, rel, None if nframes == 0 else nframes, e.reason,
+                         e.detail if nframes == 0 else f"{e.detail} (after {nframes} good frames)")
+        except Exception as e:  # a reader bug must not stop a 370k-frame build
+            self._reject(rej, spec.name, rel, None if nframes == 0 else nframes, "reader_error",
+                         f"{type(e).__name__} while decoding")
+        else:
+            if nframes == 0:
+                self._reject(rej, spec.name, rel, None, "no_frames", "the file holds no frames")
+        return nframes
+
+
+def _extract_worker(cfg, work, worker, workers, counter):
+    logging.getLogger("usf_shard").setLevel(logging.WARNING)
+    _Extractor(cfg, work, worker, workers, counter).run()
+
+
+def extract(cfg: BuildConfig, work: Path, workers: int, n_inputs: int, progress: bool) -> None:
+    ctx = mp.get_context("fork")
+    counter = ctx.Array("q", 2)
+    bar = tqdm(total=n_inputs, desc="extract", unit="input", disable=not progress, smoothing=0.1)
+    t0 = time.time()
+
+    def tick():
+        bar.n = counter[0]
+        bar.set_postfix_str(f"{counter[1]} frames, {counter[1] / max(time.time() - t0, 1e-6):.0f} frames/s")
+        bar.refresh()
+
+    if workers == 1:
+        _Extractor(cfg, work, 0, 1, counter).run()
+    else:
+        procs = [ctx.Process(target=_extract_worker, args=(cfg, work, w, workers, counter), daemon=True)
+                 for w in range(workers)]
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
+            tick()
+            time.sleep(0.5)
+        for p in procs:
+            p.join()
+        bad = [w for w, p in enumerate(procs) if p.exitcode != 0]
+        if bad:
+            raise BuildError(f"extract worker(s) {bad} died (exit codes "
+                             f"{[procs[w].exitcode for w in bad]}); re-run to resume")
+    tick()
+    bar.close()
+
+
+# ----------------------------------------------------------------------------- dedup + split
+def _records(work: Path, workers: int) -> Iterator[tuple[int, dict]]:
+    """All frame records in input order (worker files are each sorted by input index)."""
+    def one(w):
+        with open(work / f"extract-{w}.jsonl") as f:
+            for line in f:
+                r = json.loads(line)
+                yield (r["i"], r["f"]), w, r
+    for _, w, r in heapq.merge(*(one(w) for w in range(workers)), key=lambda t: t[0]):
+        yield w, r
+
+
+@dataclass
+class _Survivor:
+    order: bytes
+    split: str
+    worker: int
+    off: int
+    length: int
+    line: int  # line number in survivors.jsonl
+
+
+def dedup_and_split(cfg: BuildConfig, work: Path, workers: int):
+    """Stage 3. Returns (survivors, per-dataset counters, pixel-stat sums, used input indices);
+    writes ``survivors.jsonl`` and ``duplicates.jsonl`` into the work dir."""
+    holdout = {s.name for s in cfg.datasets if s.holdout}
+    counts: dict[str, Counter] = defaultdict(Counter)
+    hold_exact: dict[str, str] = {}
+    hold_near = NearDupIndex(cfg.holdout_leak_max_dist)
+    seen_exact: dict[str, str] = {}
+    seen_near = NearDupIndex(cfg.near_max_dist)
+    survivors: list[_Survivor] = []
+    used: set[int] = set()  # input indices with at least one frame written or deduplicated
+    stats = np.zeros(3)  # sum, sumsq, n over written pretraining pixels (0..1 scale)
+    with open(work / "survivors.jsonl", "w") as surv, open(work / "duplicates.jsonl", "w") as dupf:
+        def keep(w, r, split):
+            r["meta"]["split"] = split
+            survivors.append(_Survivor(order_key(cfg.seed, r["key"]), split, w, r["off"], r["len"],
+                                       len(survivors)))
+            surv.write(json.dumps({"key": r["key"], "meta": r["meta"]}) + "\n")
+            counts[r["meta"]["dataset"]]["written"] += 1
+            used.add(r["i"])
+
+        def drop(r, dup_of, kind, dist):
+            dupf.write(json.dumps({"key": r["key"], "dataset": r["meta"]["dataset"], "dup_of": dup_of,
+                                   "kind": kind, "distance": dist}) + "\n")
+            counts[r["meta"]["dataset"]]["duplicates"] += 1
+            used.add(r["i"])
+
+        # pass 1: held-out (downstream) datasets, written to the "holdout" split untouched
+        for w, r in _records(work, workers):
+            if r["meta"]["dataset"] in holdout:
+                hold_exact.setdefault(r["xh"], r["key"])
+                if hold_near.query(r["ph"]) is None:
+                    hold_near.add(r["ph"], r["key"])
+                keep(w, r, "holdout")
+        # pass 2: pretraining datasets
+        for w, r in _records(work, workers):
+            ds = r["meta"]["dataset"]
+            if ds in holdout:
+                continue
+            if r["xh"] in hold_exact:
+                drop(r, hold_exact[r["xh"]], "holdout_leak", 0)
+                continue
+            if len(hold_near):
+                hk = hold_near.query(r["ph"])
+                if hk is not None:
+                    drop(r, hk, "holdout_leak", None)
+                    continue
+            if cfg.dedup_exact and r["xh"] in seen_exact:
+                drop(r, seen_exact[r["xh"]], "exact", 0)
+                continue
+            if cfg.dedup_near:
+                nk = seen_near.query(r["ph"])
+                if nk is not None:
+                    drop(r, nk, "near", None)
+                    continue
+                seen_near.add(r["ph"], r["key"])
+            seen_exact[r["xh"]] = r["key"]
+            split = "val" if unit_interval(cfg.seed, "split", ds, r["meta"]["group"]) < cfg.val_fraction \
+                else "train"
+            keep(w, r, split)
+            stats += (r["s"], r["ss"], r["n"])
+    return survivors, counts, stats, used
+
+
+# ----------------------------------------------------------------------------- write
+def plan_shards(cfg: BuildConfig, survivors: list[_Survivor]) -> list[dict]:
+    """Cuts each split, in global seeded order, into shards of at most ``shard_max_samples``
+    samples and about ``shard_max_bytes`` bytes."""
+    shards = []
+    for split in ("train", "val", "holdout"):
+        items = sorted((s for s in survivors if s.split == split), key=lambda s: s.order)
+        cur, size = [], 0
+        for s in items:
+            if cur and (len(cur) >= cfg.shard_max_samples or size + s.length > cfg.shard_max_bytes):
+                shards.append({"name": f"{split}-{sum(x['split'] == split for x in shards):06d}.tar",
+                               "split": split, "items": cur})
+                cur, size = [], 0
+            cur.append((s.worker, s.off, s.length, s.line))
+            size += s.length + 1536  # image + json + tar headers, roughly
+        if cur:
+            shards.append({"name": f"{split}-{sum(x['split'] == split for x in shards):06d}.tar",
+                           "split": split, "items": cur})
+    return shards
+
+
+def _line_offsets(path: Path) -> list[int]:
+    offs, pos = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            offs.append(pos)
+            pos += len(line)
+    return offs
+
+
+def _write_one(out: Path, work: Path, codec: str, shard: dict, line_offs: list[int]) -> dict:
+    path = out / shard["name"]
+    if path.exists() and Path(f"{path}.idx").exists():  # finished by an earlier (killed) run
+        return {"samples": len(shard["items"]), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+    def samples():
+        bins: dict[int, object] = {}
+        with open(work / "survivors.jsonl", "rb") as sv:
+            for w, off, length, line in shard["items"]:
+                sv.seek(line_offs[line])
+                rec = json.loads(sv.readline())
+                b = bins.get(w) or bins.setdefault(w, open(work / f"extract-{w}.bin", "rb"))
+                b.seek(off)
+                yield rec["key"], {codec: b.read(length),
+                                   "json": json.dumps(rec["meta"], sort_keys=True).encode()}
+        for b in bins.values():
+            b.close()
+
+    return write_shard(path, samples())
+
+
+def write_shards(out: Path, work: Path, cfg: BuildConfig, shards: list[dict], workers: int,
+                 progress: bool) -> list[dict]:
+    line_offs = _line_offsets(work / "survivors.jsonl")
+    results: list[dict] = []
+    bar = tqdm(total=len(shards), desc="write", unit="shard", disable=not progress)
+    if workers == 1:
+        for s in shards:
+            results.append(_write_one(out, work, cfg.codec, s, line_offs))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+            futs = [ex.submit(_write_one, out, work, cfg.codec, s, line_offs) for s in shards]
+            for f in futs:
+                results.append(f.result())
+                bar.update()
+    bar.close()
+    return [{"name": s["name"], "split": s["split"], **r} for s, r in zip(shards, results)]
+
+
+# ----------------------------------------------------------------------------- driver
+def _fingerprint(cfg: BuildConfig, workers: int) -> str:
+    d = json.dumps({"cfg": cfg.resolved(), "roots": [s.root for s in cfg.datasets],
+                    "workers": workers, "tool": __version__}, sort_keys=True)
+    return hashlib.sha256(d.encode()).hexdigest()
+
+
+def _merge_lines(work: Path, prefix: str, workers: int, key) -> list[dict]:
+    rows = []
+    for w in range(workers):
+        p = work / f"{prefix}-{w}.jsonl"
+        if p.exists():
+            rows += [json.loads(x) for x in p.read_text().splitlines() if x]
+    return sorted(rows, key=key)
+
+
+def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = True,
+          keep_work: bool = False) -> dict:
+    """Runs the whole build into ``out``; returns the manifest dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / WORK
+    fp = _fingerprint(cfg, workers)
+    if work.exists() and (work / "fingerprint").exists() and (work / "fingerprint").read_text() != fp:
+        log.info("config or inputs changed since the interrupted build: starting over")
+        shutil.rmtree(work)
+        for p in out.glob("*.tar*"):
+            p.unlink()
+    work.mkdir(exist_ok=True)
+    (work / "fingerprint").write_text(fp)
+
+    if not cfg.datasets:
+        raise BuildError("no datasets: give input directories or a config with datasets")
+    n_inputs, missing = plan_inputs(cfg, work)
+    for name in missing:
+        if cfg.strict:
+            raise BuildError(f"dataset {name}: root is missing (strict mode)")
+        log.warning("dataset %s: root not found, skipped", name)
+    log.info("planned %d inputs from %d datasets", n_inputs, len(cfg.datasets) - len(missing))
+
+    extract(cfg, work, workers, n_inputs, progress)
+    survivors, counts, stats, used = dedup_and_split(cfg, work, workers)
+    shards = plan_shards(cfg, survivors)
+    keep_names = {s["name"] for s in shards}
+    for p in out.glob("*.tar"):  # shards of an older, different build in the same dir
+        if p.name not in keep_names:
+            p.unlink()
+            Path(f"{p}.idx").unlink(missing_ok=True)
+    shard_rows = write_shards(out, work, cfg, shards, workers, progress)
+
+    rejects = _merge_lines(work, "rejects", workers, key=lambda r: (r["dataset"], r["path"], -1 if r["frame"] is None else r["frame"]))
+    dups = [json.loads(x) for x in (work / "duplicates.jsonl").read_text().splitlines() if x]
+    # every input is used (a frame written or deduplicated) or reported in rejects.jsonl
+    reported = {(r["dataset"], r["path"]) for r in rejects}
+    inputs_per_ds: Counter = Counter()
+    inputs_used: Counter = Counter()
+    rejected_inputs: Counter = Counter()
+    unaccounted: Counter = Counter()
+    with open(work / "inputs.tsv") as f:
+        for line in f:
+            i, d, rel = line.rstrip("\n").split("\t", 2)
+            name = cfg.datasets[int(d)].name
+            inputs_per_ds[name] += 1
+            if int(i) in used:
+                inputs_used[name] += 1
+            elif (name, rel) in reported:
+                rejected_inputs[name] += 1
+            else:
+                unaccounted[name] += 1
+    rejected_frames: Counter = Counter()
+    reasons: dict[str, Counter] = defaultdict(Counter)
+    for r in rejects:
+        reasons[r["dataset"]][r["reason"]] += 1
+        if r["scope"] == "frame":
+            rejected_frames[r["dataset"]] += 1
+    datasets = {}
+    for spec in cfg.datasets:
+        c = counts[spec.name]
+        datasets[spec.name] = {
+            "anatomy": spec.anatomy, "holdout": spec.holdout, "missing_root": spec.name in missing,
+            "inputs": inputs_per_ds[spec.name], "inputs_used": inputs_used[spec.name],
+            "inputs_unaccounted": unaccounted[spec.name],
+            "frames": c["written"] + c["duplicates"] + rejected_frames[spec.name],
+            "written": c["written"], "duplicates": c["duplicates"],
+            "rejected": rejected_frames[spec.name], "rejected_inputs": rejected_inputs[spec.name],
+            "rejected_by_reason": dict(sorted(reasons[spec.name].items())),
+        }
+    totals = {k: sum(d[k] for d in datasets.values())
+              for k in ("inputs", "inputs_used", "inputs_unaccounted", "frames", "written",
+                        "duplicates", "rejected", "rejected_inputs")}
+    totals["rejected_by_reason"] = dict(sorted(sum(reasons.values(), Counter()).items()))
+    s, ss, n = stats
+    mean = s / n if n else 0.0
+    std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) if n else 1.0
+    manifest = {"format": FORMAT, "version": VERSION, "tool": __version__, "config": cfg.resolved(),
+                "codec": cfg.codec, "size_policy": {"short_side": cfg.short_side},
+                "pixel_stats": {"mean": round(float(mean), 6), "std": round(float(std), 6)},
+                "shards": shard_rows, "datasets": datasets, "totals": totals}
+
+    _atomic_write(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
+    _atomic_write(out / "duplicates.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in dups))
+    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    if not keep_work:
+        shutil.rmtree(work)
+    if totals["inputs_unaccounted"]:
+        raise BuildError(f"{totals['inputs_unaccounted']} input(s) neither used nor reported: this is a bug")
+    log.info("accounting: %s", accounting_line(totals))
+    return manifest
+
+
+def accounting_line(t: dict) -> str:
+    by = ", ".join(f"{k} {v}" for k, v in t.get("rejected_by_reason", {}).items()) or "none"
+    return (f"inputs {t['inputs']}, frames {t['frames']}, written {t['written']}, duplicates "
+            f"{t['duplicates']}, rejected frames {t['rejected']}, rejected inputs "
+            f"{t['rejected_inputs']} (reasons: {by})")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

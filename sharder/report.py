@@ -1,0 +1,77 @@
+"""Human-facing views of a shard directory: the stats table and the contact-sheet preview."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .codec import decode
+from .manifest import Manifest
+from .shards import iter_shard
+
+
+def stats_table(root: str | Path) -> str:
+    """Per-dataset and per-anatomy counts as a fixed-width table."""
+    m = Manifest.load(root)
+    cols = ("inputs", "frames", "written", "duplicates", "rejected", "rejected_inputs")
+    rows = [("dataset", "anatomy", *cols)]
+    by_anat: dict[str, Counter] = {}
+    for name, d in sorted(m.data["datasets"].items()):
+        tag = d["anatomy"] + (" (holdout)" if d.get("holdout") else "")
+        rows.append((name, tag, *(str(d[c]) for c in cols)))
+        by_anat.setdefault(d["anatomy"], Counter()).update({c: d[c] for c in cols})
+    rows.append(("TOTAL", "", *(str(m.data["totals"][c]) for c in cols)))
+    rows.append(("", "", *("" for _ in cols)))
+    rows.append(("anatomy", "", *cols))
+    for a, c in sorted(by_anat.items()):
+        rows.append((a, "", *(str(c[k]) for k in cols)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    splits = Counter()
+    for s in m.data["shards"]:
+        splits[s["split"]] += s["samples"]
+    lines.append("")
+    lines.append("splits: " + ", ".join(f"{k} {v} samples" for k, v in sorted(splits.items())))
+    lines.append(f"pixel mean {m.mean:.4f} std {m.std:.4f}, codec {m.codec}, "
+                 f"{len(m.data['shards'])} shards")
+    return "\n".join(lines)
+
+
+def contact_sheet(root: str | Path, out: str | Path, n: int = 48, seed: int = 0, tile: int = 128,
+                  split: str | None = None) -> Path:
+    """Writes a PNG grid of ``n`` samples drawn at random (reservoir sampling, one pass) from
+    the shards, each tile labelled with its dataset; names nothing but dataset and anatomy."""
+    m = Manifest.load(root)
+    rng = random.Random(seed)
+    picked: list[tuple[np.ndarray, str]] = []
+    seen = 0
+    for path in m.shards(split):
+        for key, mem in iter_shard(path):
+            seen += 1
+            j = len(picked) if len(picked) < n else rng.randrange(seen)
+            if j < n:
+                import json
+
+                meta = json.loads(mem["json"])
+                item = (mem[m.codec], f"{meta['dataset']}")
+                if j == len(picked):
+                    picked.append(item)
+                else:
+                    picked[j] = item
+    cols = max(1, int(np.ceil(np.sqrt(max(len(picked), 1) * 4 / 3))))
+    rows = max(1, int(np.ceil(len(picked) / cols)))
+    sheet = np.zeros((rows * (tile + 14), cols * tile), np.uint8)
+    for k, (data, label) in enumerate(picked):
+        img = decode(data, m.codec)
+        img = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
+        r, c = divmod(k, cols)
+        y, x = r * (tile + 14), c * tile
+        sheet[y:y + tile, x:x + tile] = img
+        cv2.putText(sheet, label[:20], (x + 2, y + tile + 11), cv2.FONT_HERSHEY_PLAIN, 0.8, 255, 1)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), sheet)
+    return out
