@@ -1,0 +1,144 @@
+"""The paper's downstream comparison in one command: every task x (our encoder, ResNet-50 from
+scratch, ViT-B/16 from scratch), one comparison table.
+
+    python benchmarks/finetune_suite.py --init runs/export --output-dir runs/suite \\
+        --busbra ~/data/BUSBRA --mmotu2d ~/data/MMOTU --gist514 ~/data/GIST514-DB [--cv] [--quick]
+
+Each (task, model) runs :func:`trainer.finetune.run_finetune` into
+``OUTPUT_DIR/<task>/<model>/`` (results.json, results.md, plots); the suite writes
+``OUTPUT_DIR/comparison.md`` and ``comparison.json``. A task without a data root, or the encoder
+without ``--init``, is reported as *skipped*; a run that raises is reported as *failed* with its
+error, the others still run, and the exit status is 1. The USF-MAE paper's figures stand beside
+ours for every task.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from trainer.downstream import PAPER_RESULTS, TASKS
+from trainer.finetune import ENCODER, FinetuneConfig, run_finetune
+from trainer.metrics import HEADLINE, pct
+
+SUITE_TASKS = ("busbra", "mmotu2d", "gist514")
+DEFAULT_MODELS = (ENCODER, "resnet50", "vit_base_patch16_224")
+METRIC_NAMES = {"accuracy": "Acc", "precision": "P", "recall": "R", "f1": "F1", "auc": "AUC"}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for t in SUITE_TASKS:
+        p.add_argument(f"--{t}", default=None, metavar="DIR", help=f"data root of {TASKS[t].title}")
+    p.add_argument("--init", default=None, help="our encoder: export dir or training checkpoint dir")
+    p.add_argument("--output-dir", default="runs/finetune_suite")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma list: 'encoder' and/or timm baseline names")
+    p.add_argument("--baseline-ckpt", action="append", default=[], metavar="MODEL=PATH",
+                   help="local weights for a baseline (repeatable); default: from scratch")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, no warmup")
+    p.add_argument("--cv", action="store_true", help="all official folds/splits (BUS-BRA, GIST514)")
+    p.add_argument("--linear-probe", action="store_true", help="linear probe instead of fine-tuning")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=None, help="default: the encoder's / 224")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--loader", default="torch", choices=["torch", "dali"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def _row(task: str, model: str, status: str, reason: str = "", res: dict | None = None, path: str = "") -> dict:
+    row = {"task": task, "model": model, "status": status, "reason": reason, "results": path}
+    for m in HEADLINE:
+        row[m] = res.get(m) if res else None
+        row[f"{m}_std"] = (res.get("std") or {}).get(m) if res else None
+    if res:
+        row.update(n_test=res.get("n_test") or sum(f["n_test"] for f in res.get("folds", [])),
+                   n_folds=res.get("n_folds", 1), elapsed_s=res.get("elapsed_s"), label=res.get("model"))
+    return row
+
+
+def comparison_markdown(rows: list[dict], cfg: dict) -> str:
+    """One table: every (task, model) run plus the paper's own figure for each task."""
+    head = ["# Downstream comparison", "",
+            (f"mode: {'linear probe' if cfg.get('linear_probe') else 'fine-tune'}; "
+             f"{'cross-validation (mean ± std)' if cfg.get('cv') else 'official default split'}; "
+             f"epochs {cfg.get('epochs')}; metrics in %, macro-averaged"), "",
+            "| task | model | status | " + " | ".join(METRIC_NAMES[m] for m in HEADLINE) + " |",
+            "|---|---|---|" + "---:|" * len(HEADLINE)]
+    lines = []
+    for task in SUITE_TASKS:
+        for r in (r for r in rows if r["task"] == task):
+            cells = [pct(r[m], r[f"{m}_std"]) for m in HEADLINE]
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+            lines.append(f"| {task} | {r['model']} | {status} | " + " | ".join(cells) + " |")
+        paper = PAPER_RESULTS.get(task, {})
+        cells = [f"{paper[m]:.1f}" if m in paper else "—" for m in HEADLINE]
+        lines.append(f"| {task} | USF-MAE (paper) | reported | " + " | ".join(cells) + " |")
+    return "\n".join([*head, *lines, ""])
+
+
+def run_suite(args: argparse.Namespace) -> tuple[list[dict], int]:
+    """Run every (task, model); returns the table rows and the number of failed runs."""
+    out = Path(args.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    ckpts = dict(s.split("=", 1) for s in args.baseline_ckpt)
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else FinetuneConfig.epochs)
+    base = FinetuneConfig(epochs=epochs, warmup_epochs=0.0 if args.quick else FinetuneConfig.warmup_epochs,
+                          batch_size=args.batch_size, img_size=args.img_size, workers=args.workers,
+                          loader=args.loader, device=args.device, seed=args.seed, cv=args.cv,
+                          linear_probe=args.linear_probe, progress=not args.no_progress)
+    rows, failed = [], 0
+    for task in SUITE_TASKS:
+        root = getattr(args, task)
+        for model in models:
+            if root is None:
+                rows.append(_row(task, model, "skipped", f"no --{task} data root"))
+                continue
+            if model == ENCODER and not args.init:
+                rows.append(_row(task, model, "skipped", "no --init"))
+                continue
+            run_dir = out / task / model
+            cfg = replace(base, task=task, data_root=root, model=model, output_dir=str(run_dir),
+                          init=args.init if model == ENCODER else None, baseline_ckpt=ckpts.get(model))
+            t0 = time.time()
+            try:
+                res = run_finetune(cfg)
+            except Exception as e:  # noqa: BLE001 -- one failed run must not stop the suite; it is reported
+                failed += 1
+                logging.getLogger("finetune_suite").error("%s / %s failed:\n%s", task, model, traceback.format_exc())
+                rows.append(_row(task, model, "failed", f"{type(e).__name__}: {e}"))
+                continue
+            rows.append(_row(task, model, "ok", res=res, path=str(run_dir / "results.json")))
+            logging.getLogger("finetune_suite").info("%s / %s: F1 %s in %.0f s", task, model, pct(res["f1"]),
+                                                     time.time() - t0)
+    cfg_dict = {**asdict(base), "models": models, "init": args.init,
+                "data_roots": {t: getattr(args, t) for t in SUITE_TASKS}}
+    (out / "comparison.json").write_text(json.dumps(
+        {"rows": rows, "paper": {"model": "USF-MAE (paper)", "percent": PAPER_RESULTS}, "config": cfg_dict},
+        indent=2, default=str))
+    md = comparison_markdown(rows, cfg_dict)
+    (out / "comparison.md").write_text(md)
+    print(md)
+    return rows, failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _, failed = run_suite(parse_args(argv))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The PyTorch fine-tune loader: labelled images -> batches of the design's batch contract (§2)
+``{"image": FloatTensor[B, C, H, W], "label": LongTensor[B]}``.
+
+Images are read as 8-bit grayscale (ultrasound is gray; colour overlays were never part of the
+signal), transformed as uint8 (H, W) tensors, scaled to 0..1, expanded to C = 1 or 3 channels
+and normalised with the encoder's pixel statistics.
+
+Train transform (MAE/BEiT fine-tune style, via torchvision v2): RandomResizedCrop(img_size,
+scale=(crop_min, 1)) — ``crop_min`` defaults to 0.2 rather than ImageNet's 0.08 because a small
+crop of a lesion image easily misses the lesion —, horizontal flip, a small rotation (probe
+orientation varies a few degrees), RandAugment, and random erasing after normalisation.
+Linear probing uses only crop + flip (as MAE's linprobe). Eval: resize the short side to
+``img_size / crop_pct`` then centre-crop ``img_size``.
+
+:func:`build_finetune_loader` is the one place a loader is chosen: ``loader="torch"`` builds the
+:class:`TorchFinetuneLoader` below, ``loader="dali"`` calls ``dali_pipes.finetune.build_finetune_loader``
+with the same keyword arguments.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from trainer.downstream import Record
+
+# Defaults when neither an encoder config nor the user gives pixel statistics: ImageNet's for
+# RGB (what timm checkpoints expect), their channel average for a single gray channel.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
+
+
+@dataclass
+class TransformConfig:
+    img_size: int = 224
+    in_chans: int = 1
+    mean: tuple[float, ...] = GRAY_MEAN
+    std: tuple[float, ...] = GRAY_STD
+    crop_min: float = 0.2  # RandomResizedCrop lower scale bound
+    rotate_deg: float = 10.0
+    randaug_ops: int = 2  # RandAugment num_ops; 0 disables
+    randaug_magnitude: int = 9
+    reprob: float = 0.25  # random erasing probability (MAE fine-tune default)
+    crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, centre-crop img_size
+
+
+def channel_stats(values: Sequence[float] | float | None, in_chans: int, default: Sequence[float]) -> tuple[float, ...]:
+    """Per-channel mean or std for ``in_chans`` channels from one value (gray), ``in_chans``
+    values, or three RGB values averaged down to one (gray input)."""
+    if values is None:
+        values = default
+    vals = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(vals) == in_chans:
+        return tuple(vals)
+    if len(vals) == 1:
+        return tuple(vals * in_chans)
+    if in_chans == 1:
+        return (float(np.mean(vals)),)
+    raise ValueError(f"{len(vals)} normalisation values for {in_chans} channels")
+
+
+# ---------------------------------------------------------------------------- reading
+
+def to_gray_u8(arr: np.ndarray, what: str = "image") -> np.ndarray:
+    """Any decoded image array -> (H, W) uint8 gray.
+
+    Colour arrays are taken in OpenCV's BGR(A) order; an RGB array gets R and B weights swapped,
+    which on near-gray ultrasound moves pixels by about a grey level. uint8 passes through;
+    float images on 0..1 are scaled by 255; other ranges (16-bit, signed) are min-max scaled."""
+    src = np.asarray(arr)
+    a = src[:, :, 0] if src.ndim == 3 and src.shape[2] == 1 else src
+    if a.ndim == 3:
+        if a.shape[2] not in (3, 4):
+            raise ValueError(f"{what}: unsupported shape {src.shape}")
+        a = a[:, :, :3].astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{what}: unsupported shape {src.shape}")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    if np.issubdtype(src.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return (a * 255.0 + 0.5).astype(np.uint8)
+    if lo >= 0.0 and hi <= 255.0:
+        return (a + 0.5).astype(np.uint8)
+    return ((a - lo) / max(hi - lo, 1e-6) * 255.0 + 0.5).astype(np.uint8)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """(H, W) uint8 gray from an image file; raises with the path if it cannot be decoded."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise OSError(f"{path}: cannot decode image")
+    return to_gray_u8(img, str(path))
+
+
+# ---------------------------------------------------------------------------- transforms
+
+def build_transform(cfg: TransformConfig, mode: str) -> v2.Compose:
+    """uint8 (1, H, W) tensor -> normalised float (C, img_size, img_size) tensor.
+
+    mode: ``"train"`` (full augmentation), ``"probe"`` (crop + flip only) or ``"eval"``."""
+    size = cfg.img_size
+    ops: list = []
+    if mode in ("train", "probe"):
+        ops += [v2.RandomResizedCrop(size, scale=(cfg.crop_min, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        if mode == "train":
+            if cfg.rotate_deg > 0:
+                ops.append(v2.RandomRotation(cfg.rotate_deg))
+            if cfg.randaug_ops > 0:
+                ops.append(v2.RandAugment(num_ops=cfg.randaug_ops, magnitude=cfg.randaug_magnitude))
+    elif mode == "eval":
+        ops += [v2.Resize(math.floor(size / cfg.crop_pct), antialias=True), v2.CenterCrop(size)]
+    else:
+        raise ValueError(f"unknown transform mode {mode!r}")
+    ops += [v2.ToDtype(torch.float32, scale=True), _ExpandChannels(cfg.in_chans),
+            v2.Normalize(mean=list(cfg.mean), std=list(cfg.std))]
+    if mode == "train" and cfg.reprob > 0:
+        ops.append(v2.RandomErasing(p=cfg.reprob, value=0))
+    return v2.Compose(ops)
+
+
+class _ExpandChannels(torch.nn.Module):
+    """(1, H, W) -> (C, H, W) by repeating the gray channel (a view-free copy, C = 1 or 3)."""
+
+    def __init__(self, in_chans: int):
+        super().__init__()
+        self.in_chans = in_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.in_chans == 1 else x.expand(self.in_chans, -1, -1).contiguous()
+
+
+# ---------------------------------------------------------------------------- dataset / sampler
+
+class FinetuneDataset(Dataset):
+    """Records -> ``{"image": FloatTensor[C, H, W], "label": int64 tensor}`` samples."""
+
+    def __init__(self, records: Sequence[Record], transform: v2.Compose):
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        r = self.records[i]
+        gray = to_gray_u8(r.image, r.name) if r.image is not None else read_gray(r.path)
+        x = torch.from_numpy(gray).unsqueeze(0)  # (1, H, W) uint8
+        return {"image": self.transform(x), "label": torch.tensor(r.label, dtype=torch.int64)}
+
+
+def class_balanced_weights(labels: Sequence[int], num_classes: int) -> np.ndarray:
+    """Per-class weights n / (K_present * count_c) (1 on average over samples); 0 for absent classes."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+class EpochSampler(Sampler[int]):
+    """Sample order fixed by (seed, epoch): a permutation, or — with ``weights`` — draws with
+    replacement (class-balanced sampling). ``start`` skips already-consumed samples so a resumed
+    epoch continues where it stopped."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, weights: np.ndarray | None = None):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.epoch, self.start = 0, 0
+
+    def order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        return torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
+
+    def __iter__(self):
+        return iter(self.order()[self.start:])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+class TorchFinetuneLoader:
+    """Loader object of the batch contract: ``__iter__``, ``__len__``, ``state_dict`` and
+    ``load_state_dict``, plus ``set_epoch``. The sample order is a function of (seed, epoch);
+    after ``load_state_dict`` the remaining batches of the interrupted epoch come next (the
+    augmentation draws are re-seeded, not replayed)."""
+
+    def __init__(self, dataset: FinetuneDataset, batch_size: int, *, train: bool, seed: int = 0,
+                 workers: int = 0, sample_weights: np.ndarray | None = None, drop_last: bool = False):
+        self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
+        self.workers, self.drop_last = workers, drop_last
+        self.sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=sample_weights)
+        self.batches_done = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch, self.sampler.start, self.batches_done = epoch, 0, 0
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        self.sampler.start = self.batches_done * self.batch_size
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.sampler.epoch * 104_729 + self.batches_done)
+        dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.workers,
+                        drop_last=self.drop_last, pin_memory=torch.cuda.is_available(), generator=g,
+                        persistent_workers=False)
+        for batch in dl:
+            self.batches_done += 1
+            yield batch
+        self.batches_done, self.sampler.start = 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = self.sampler.seed = int(state["seed"])
+        self.sampler.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+
+
+# ---------------------------------------------------------------------------- the loader choice
+
+def dali_module(loader: str):
+    """``dali_pipes.finetune`` when ``loader == "dali"`` (None for the torch loader); a clear
+    error when it, or DALI itself, cannot be imported."""
+    if loader != "dali":
+        return None
+    try:
+        return importlib.import_module("dali_pipes.finetune")
+    except ImportError as e:
+        raise RuntimeError(f"--loader dali needs dali_pipes.finetune and NVIDIA DALI ({e}); "
+                           "use --loader torch") from e
+
+
+def build_finetune_loader(records: Sequence[Record], *, train: bool, batch_size: int, tcfg: TransformConfig,
+                          loader: str = "torch", mode: str | None = None, seed: int = 0, workers: int = 0,
+                          sample_weights: np.ndarray | None = None, drop_last: bool = False):
+    """The single switch between loaders; both yield the §2 fine-tune batch.
+
+    records: labelled images (paths, or in-memory arrays for the torch loader).
+    mode: transform mode (``train``/``probe``/``eval``); defaults to ``train`` if ``train`` else ``eval``.
+    sample_weights: per-record sampling weights (class-balanced sampling), train only.
+
+    ``loader="dali"`` imports ``dali_pipes.finetune`` and calls its ``build_finetune_loader``
+    with these same keyword arguments.
+    """
+    mode = mode or ("train" if train else "eval")
+    if loader == "dali":
+        mod = dali_module(loader)
+        if any(r.path is None for r in records):
+            raise RuntimeError("the DALI loader reads files; in-memory records need --loader torch")
+        return mod.build_finetune_loader(records, train=train, batch_size=batch_size, tcfg=tcfg, mode=mode,
+                                         seed=seed, workers=workers, sample_weights=sample_weights,
+                                         drop_last=drop_last)
+    if loader != "torch":
+        raise ValueError(f"unknown loader {loader!r} (torch or dali)")
+    ds = FinetuneDataset(records, build_transform(tcfg, mode))
+    return TorchFinetuneLoader(ds, batch_size, train=train, seed=seed, workers=workers,
+                               sample_weights=sample_weights if train else None, drop_last=drop_last)
