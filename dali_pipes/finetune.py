@@ -1,0 +1,381 @@
+"""DALI fine-tune pipelines and their loader object (design §2 fine-tune batch):
+``{"image": Tensor[B, C, img_size, img_size], "label": LongTensor[B]}``, float32 on CPU,
+bf16 on GPU (the pipeline emits fp16, cast by torch).
+
+    train:  fn.readers.file(files, labels) -> fn.decoders.image_random_crop (GRAY; nvJPEG/mixed on
+            GPU, the RandomResizedCrop fused into the decode) -> fn.resize(img_size)
+            -> fn.rotate(±rotate_deg) -> RandAugment (nvidia.dali.auto_aug.rand_augment)
+            -> fn.crop_mirror_normalize(flip, mean/std, CHW) -> fn.erase (random erasing)
+    probe:  decode + random resized crop -> resize -> flip + normalise   (MAE linprobe)
+    eval:   decode -> fn.resize(resize_shorter=img_size / crop_pct) -> centre crop + normalise
+
+It is the DALI twin of ``trainer.finetune_data`` (same :class:`TransformConfig`, same
+``build_finetune_loader`` keywords, same epoch semantics):
+
+* **Epochs are explicit file orders.** Each epoch's order is drawn in Python from
+  ``np.random.default_rng((seed, epoch))``: a permutation (train), the records in order (eval), or
+  — with ``sample_weights`` (class-balanced sampling) — ``len(records)`` draws with replacement
+  proportional to the weights. The reader gets that list with ``random_shuffle=False`` and
+  ``pad_last_batch=True``, so batch ``k`` holds exactly ``order[k*B:(k+1)*B]``; the padded tail of
+  the last batch (copies of the last sample) is trimmed, so every record of an eval pass is
+  counted exactly once, in record order. (DALI's own ``random_shuffle`` is a buffered shuffle
+  whose passes do not each contain every sample once, and its file list is fixed at build time,
+  which rules out per-epoch resampling.) A shuffled or resampled loader builds a fresh pipeline
+  per epoch (seeded by (seed, epoch)); an eval loader keeps one pipeline, whose reader wraps to
+  the first record after each padded pass.
+* **Exact resume.** ``state_dict`` holds the epoch, the batch counter and DALI's checkpoint of the
+  running pipeline (reader position + every RNG, base64), as in ``dali_pipes.pretrain``; a restored
+  loader rebuilds the same epoch order and pipeline from the checkpoint and yields exactly the
+  batches the uninterrupted one would have. At the start of a shuffled epoch no checkpoint is
+  needed: the fresh pipeline is a function of (seed, epoch).
+* **RandAugment on gray images.** DALI's RandAugment suite includes ``color`` (fn.saturation),
+  which crashes the process on 1-channel input (DALI 2.4, CPU: segfault). The gray image is
+  therefore replicated to 3 channels before RandAugment and one channel taken after it (or all
+  three kept for ``in_chans == 3``). On an R = G = B image every op of the suite acts identically
+  on each channel and saturation is the identity — what torchvision's RandAugment does with a
+  1-channel tensor — so the 14-op distribution matches the torch loader's.
+
+Known differences from the torch loader: rotation and RandAugment warps interpolate linearly
+(torchvision: nearest); random erasing clamps an oversized box to the image instead of
+redrawing it; 16-bit images are scaled by 1/257 by the decoder instead of min-max scaled.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .pretrain import _to_torch, resolve_device
+
+MODES = ("train", "probe", "eval")
+
+
+@dataclass
+class FinetuneOptions:
+    """Fine-tune augmentation and reader settings (pixel statistics on the 0..1 scale)."""
+
+    img_size: int = 224
+    in_chans: int = 1  # 1: gray; 3: the gray channel repeated (ImageNet-initialised models)
+    batch_size: int = 32
+    num_threads: int = 2  # DALI CPU threads
+    seed: int = 0
+    mode: str = "train"  # train (full augmentation) | probe (crop + flip) | eval (resize + centre crop)
+    shuffle: bool = True  # a new permutation each epoch (train); eval reads the records in order
+    device: str = "auto"  # "cpu" | "gpu" | "auto" (gpu when CUDA is available)
+    device_id: int | None = None  # GPU ordinal; None: torch's current device
+    scale: tuple[float, float] = (0.2, 1.0)  # random resized crop area (tcfg.crop_min, 1)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    rotate_deg: float = 10.0  # uniform in ±rotate_deg; 0 disables
+    randaug: bool = True
+    randaug_n: int = 2
+    randaug_m: int = 9  # of 31 magnitude bins (torchvision's RandAugment convention)
+    reprob: float = 0.25  # random erasing probability (after normalisation, value 0); train only
+    crop_pct: float = 0.875  # eval: short side -> floor(img_size / crop_pct), centre crop img_size
+    mean: tuple[float, ...] = (0.449,)
+    std: tuple[float, ...] = (0.226,)
+    drop_last: bool = False
+    prefetch: int = 2
+    gpu_dtype: torch.dtype = torch.bfloat16  # image dtype of GPU batches
+
+    @classmethod
+    def from_transform(cls, tcfg, *, mode: str, train: bool, batch_size: int, seed: int = 0,
+                       workers: int = 0, drop_last: bool = False, **kw) -> FinetuneOptions:
+        """Options equivalent to the torch loader's ``TransformConfig`` + loader arguments."""
+        return cls(img_size=int(tcfg.img_size), in_chans=int(tcfg.in_chans), batch_size=int(batch_size),
+                   num_threads=max(1, int(workers)), seed=int(seed), mode=mode, shuffle=bool(train),
+                   scale=(float(tcfg.crop_min), 1.0), rotate_deg=float(tcfg.rotate_deg),
+                   randaug=tcfg.randaug_ops > 0, randaug_n=int(tcfg.randaug_ops),
+                   randaug_m=int(tcfg.randaug_magnitude), reprob=float(tcfg.reprob),
+                   crop_pct=float(tcfg.crop_pct), mean=tuple(float(m) for m in tcfg.mean),
+                   std=tuple(float(s) for s in tcfg.std), drop_last=bool(drop_last), **kw)
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown transform mode {self.mode!r} ({' | '.join(MODES)})")
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"{len(self.mean)} mean / {len(self.std)} std values for {self.in_chans} channels")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+# ---------------------------------------------------------------------------- file checks
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"), (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"), (b"\xffO\xffQ", "jpeg2000"),
+)
+
+
+def image_format(path: str | Path) -> str | None:
+    """The image format DALI's decoder would read ``path`` as, from its first bytes (None: not an
+    image DALI decodes). Raises OSError when the file cannot be opened."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+        return "pnm"
+    return None
+
+
+def check_image_files(paths: Sequence[str | Path]) -> None:
+    """Fail before any pipeline is built when a record's file is missing or not an image format
+    DALI decodes (JPEG, PNG, BMP, TIFF, JPEG 2000, WebP, PNM), naming the file."""
+    for p in paths:
+        try:
+            fmt = image_format(p)
+        except OSError as e:
+            raise FileNotFoundError(f"{p}: cannot read image file for the DALI loader ({e})") from e
+        if fmt is None:
+            raise ValueError(f"{p}: not an image format the DALI decoder reads (JPEG, PNG, BMP, TIFF, "
+                             f"JPEG 2000, WebP, PNM); convert it or use --loader torch")
+
+
+def _undecodable(paths: Sequence[str]) -> list[str]:
+    """Those of ``paths`` OpenCV cannot decode either (to name the file behind a DALI decode error)."""
+    try:
+        import cv2
+    except ImportError:
+        return []
+    return [p for p in paths if cv2.imread(p, cv2.IMREAD_UNCHANGED) is None]
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+def _pipeline_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] % (2**31 - 1))
+
+
+def build_finetune_pipeline(files: list[str], labels: list[int], opts: FinetuneOptions, seed: int,
+                            checkpoint: str | None = None):
+    """A built DALI pipeline reading ``files`` in the given order (``pad_last_batch``) and
+    yielding (images [B, C, H, W] normalised, labels [B, 1] int32)."""
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
+    from nvidia.dali.auto_aug import rand_augment
+
+    opts.check()
+    gpu = resolve_device(opts) == "gpu"
+    size, mode = opts.img_size, opts.mode
+    augment = mode == "train"
+    use_ra = augment and opts.randaug and opts.randaug_n > 0
+    mean = [m * 255.0 for m in opts.mean]
+    std = [s * 255.0 for s in opts.std]
+    out_dtype = types.FLOAT16 if gpu else types.FLOAT
+
+    @pipeline_def(enable_conditionals=True, enable_checkpointing=True)
+    def pipe():
+        data, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, pad_last_batch=True,
+                                      name="reader")
+        dev = "mixed" if gpu else "cpu"
+        if mode == "eval":
+            img = fn.decoders.image(data, device=dev, output_type=types.GRAY)
+            img = fn.resize(img, resize_shorter=math.floor(size / opts.crop_pct), antialias=True)
+        else:
+            img = fn.decoders.image_random_crop(data, device=dev, output_type=types.GRAY,
+                                                random_area=list(opts.scale),
+                                                random_aspect_ratio=list(opts.ratio), num_attempts=10)
+            img = fn.resize(img, size=[size, size], antialias=True)
+        if augment and opts.rotate_deg > 0:
+            img = fn.rotate(img, angle=fn.random.uniform(range=[-opts.rotate_deg, opts.rotate_deg]),
+                            keep_size=True, fill_value=0)
+        if opts.in_chans == 3 or use_ra:  # gray -> R = G = B (see the module doc on RandAugment)
+            img = fn.cat(img, img, img, axis=2)
+        if use_ra:
+            img = rand_augment.rand_augment(img, n=opts.randaug_n, m=opts.randaug_m, shape=[size, size],
+                                            fill_value=0)
+            if opts.in_chans == 1:
+                img = img[:, :, 0:1]
+        cmn = {"crop": [size, size]} if mode == "eval" else {
+            "mirror": fn.random.coin_flip(probability=opts.hflip)}
+        img = fn.crop_mirror_normalize(img, mean=mean, std=std, output_layout="CHW", dtype=out_dtype, **cmn)
+        if augment and opts.reprob > 0:  # torchvision RandomErasing(scale=(0.02, 1/3), ratio=(0.3, 3.3), value=0)
+            if fn.random.coin_flip(probability=opts.reprob, dtype=types.BOOL):
+                area = fn.random.uniform(range=[0.02, 1 / 3])
+                aspect = dmath.exp(fn.random.uniform(range=[math.log(0.3), math.log(3.3)]))
+                h = dmath.min(dmath.sqrt(area * aspect), 1.0)
+                w = dmath.min(dmath.sqrt(area / aspect), 1.0)
+                y0 = fn.random.uniform(range=[0.0, 1.0]) * (1.0 - h)
+                x0 = fn.random.uniform(range=[0.0, 1.0]) * (1.0 - w)
+                img = fn.erase(img, anchor=fn.stack(y0, x0), shape=fn.stack(h, w), axis_names="HW",
+                               normalized_anchor=True, normalized_shape=True, fill_value=0.0)
+        return img, label
+
+    device_id = None
+    if gpu:
+        device_id = opts.device_id if opts.device_id is not None else torch.cuda.current_device()
+    p = pipe(batch_size=opts.batch_size, num_threads=opts.num_threads, device_id=device_id, seed=seed,
+             prefetch_queue_depth=opts.prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))
+    p.build()
+    return p
+
+
+# ---------------------------------------------------------------------------- loader
+
+class DaliFinetuneLoader:
+    """Loader contract (design §2): ``__iter__`` (the rest of the current epoch), ``__len__``,
+    ``state_dict``, ``load_state_dict``, plus ``set_epoch`` like the torch loader.
+
+    records: objects with ``path`` and ``label`` (``trainer.downstream.Record``).
+    sample_weights: per-record weights; each epoch then draws ``len(records)`` records with
+    replacement (class-balanced sampling). Only with ``opts.shuffle`` (train)."""
+
+    def __init__(self, records: Sequence, opts: FinetuneOptions, sample_weights: np.ndarray | None = None):
+        opts.check()
+        if len(records) == 0:
+            raise ValueError("the DALI fine-tune loader got no records")
+        missing = [r for r in records if getattr(r, "path", None) is None]
+        if missing:
+            raise ValueError(f"{len(missing)} record(s) without a file path (e.g. {missing[0].name}): the DALI "
+                             "loader reads files; in-memory records need --loader torch")
+        self.opts = opts
+        self.files = [str(r.path) for r in records]
+        self.labels = [int(r.label) for r in records]
+        check_image_files(self.files)
+        self.n = len(self.files)
+        self.weights = None
+        if sample_weights is not None:
+            if not opts.shuffle:
+                raise ValueError("sample_weights (class-balanced sampling) apply to a shuffled train loader only")
+            w = np.asarray(sample_weights, dtype=np.float64).reshape(-1)
+            if w.shape[0] != self.n or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError(f"sample_weights must be {self.n} finite non-negative values with a positive sum")
+            self.weights = w / w.sum()
+        self.static = not opts.shuffle and self.weights is None  # the same order every epoch
+        self.gpu = resolve_device(opts) == "gpu"
+        bs = opts.batch_size
+        self.batches_per_epoch = self.n // bs if opts.drop_last else math.ceil(self.n / bs)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{self.n} records < batch size {bs} with drop_last")
+        self.reader_batches = math.ceil(self.n / bs)  # batches of one padded reader pass
+        self.epoch, self.batch_in_epoch = 0, 0
+        self._pipe = None
+        self._order: np.ndarray | None = None
+        self._ckpt: str | None = None
+
+    # -- epoch plan
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Record indices read in ``epoch``, in order (a function of (seed, epoch) only)."""
+        if self.static:
+            return np.arange(self.n)
+        rng = np.random.default_rng([self.opts.seed & 0xFFFFFFFF, epoch, 0x5EED])
+        if self.weights is not None:
+            return rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        return rng.permutation(self.n)
+
+    def _pipeline(self):
+        if self._pipe is None:
+            ep = 0 if self.static else self.epoch
+            self._order = self.epoch_order(ep)
+            files = [self.files[i] for i in self._order]
+            labels = [self.labels[i] for i in self._order]
+            seed = _pipeline_seed(self.opts.seed, ep, 104_729)
+            self._pipe = build_finetune_pipeline(files, labels, self.opts, seed, self._ckpt)
+            self._ckpt = None
+        return self._pipe
+
+    def _run(self):
+        pipe = self._pipeline()
+        try:
+            return pipe.run()
+        except RuntimeError as e:
+            self._pipe = None  # DALI invalidates a pipeline after an error
+            k, bs = self.batch_in_epoch, self.opts.batch_size
+            ahead = list(dict.fromkeys(self.files[i] for i in self._order[k * bs:(k + 1 + self.opts.prefetch) * bs]))
+            culprits = _undecodable(ahead)
+            what = (f"cannot decode {culprits}" if culprits else
+                    f"the files of this and the prefetched batches are {ahead}")
+            raise RuntimeError(f"DALI fine-tune pipeline failed in epoch {self.epoch}, batch {k}: {what} ({e})") from e
+
+    def _finish_epoch(self) -> None:
+        if self.static:
+            # keep the reader aligned with the epoch: consume the batch drop_last left unread
+            for _ in range(self.reader_batches - self.batch_in_epoch):
+                self._run()
+        else:
+            self._pipe = None
+        self._ckpt = None
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    # -- contract
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the start of ``epoch`` (the torch loader's hook; the runner calls it before each
+        training epoch). Asking for the current epoch keeps the position, so a loader restored
+        mid-epoch continues where it stopped."""
+        if epoch == self.epoch:
+            return
+        self.epoch, self.batch_in_epoch = int(epoch), 0
+        self._pipe, self._ckpt = None, None
+
+    def __iter__(self):
+        bs = self.opts.batch_size
+        while self.batch_in_epoch < self.batches_per_epoch:
+            img, label = self._run()
+            valid = min(bs, self.n - self.batch_in_epoch * bs)
+            image = _to_torch(img, self.gpu)[:valid]
+            if self.gpu:
+                image = image.to(self.opts.gpu_dtype)
+            lab = torch.from_numpy(np.array(label.as_tensor()).reshape(-1).astype(np.int64))[:valid]
+            self.batch_in_epoch += 1
+            yield {"image": image, "label": lab}
+        self._finish_epoch()
+
+    def state_dict(self) -> dict:
+        """Position after the last yielded batch: counters + DALI checkpoint (base64) or None."""
+        ck = self._ckpt
+        if self._pipe is not None and (self.static or self.batch_in_epoch > 0):
+            ck = self._pipe.checkpoint()
+        if isinstance(ck, bytes):
+            ck = ck.decode("latin1")
+        return {"kind": "dali_finetune", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "seed": self.opts.seed, "n": self.n, "batch_size": self.opts.batch_size,
+                "dali_checkpoint": None if ck is None else base64.b64encode(ck.encode("latin1")).decode()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "dali_finetune":
+            raise ValueError(f"loader state is from a {state.get('kind', 'torch')!r} loader, not dali_finetune")
+        mine = {"seed": self.opts.seed, "n": self.n, "batch_size": self.opts.batch_size}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise ValueError(f"loader state was saved with {theirs}, this loader has {mine}")
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        ck = state.get("dali_checkpoint")
+        self._ckpt = None
+        self._pipe = None  # rebuilt lazily (from the checkpoint when there is one)
+
+
+def build_finetune_loader(records: Sequence, *, train: bool, batch_size: int, tcfg, mode: str | None = None,
+                          seed: int = 0, workers: int = 0, sample_weights: np.ndarray | None = None,
+                          drop_last: bool = False, device: str = "auto", device_id: int | None = None,
+                          prefetch: int = 2) -> DaliFinetuneLoader:
+    """The DALI loader for ``trainer.finetune_data.build_finetune_loader(..., loader="dali")``: the
+    same keywords (plus the DALI-only ``device``, ``device_id``, ``prefetch``).
+
+    tcfg: ``trainer.finetune_data.TransformConfig`` (img_size, in_chans, mean/std, crop_min,
+    rotate_deg, randaug_ops/magnitude, reprob, crop_pct). mode: train | probe | eval (default by
+    ``train``). workers: DALI CPU threads (at least 1). sample_weights: train only (ignored for
+    eval, like the torch loader)."""
+    mode = mode or ("train" if train else "eval")
+    opts = FinetuneOptions.from_transform(tcfg, mode=mode, train=train, batch_size=batch_size, seed=seed,
+                                          workers=workers, drop_last=drop_last, device=device,
+                                          device_id=device_id, prefetch=prefetch)
+    return DaliFinetuneLoader(records, opts, sample_weights if train else None)
+
+
+__all__ = ["DaliFinetuneLoader", "FinetuneOptions", "build_finetune_loader", "build_finetune_pipeline",
+           "check_image_files", "image_format"]
