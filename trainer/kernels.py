@@ -1,0 +1,89 @@
+"""Which fused kernels run, chosen at run time and logged (never assumed).
+
+Optimizer: apex FusedAdam (if apex imports) > DeepSpeed FusedAdam (CUDA) > DeepSpeed CPU Adam
+(AVX kernels, JIT-built once into TORCH_EXTENSIONS_DIR) > torch AdamW (fused on CUDA, foreach on
+CPU). Attention: SDPA via timm's ``fused_attn``; apex FusedLayerNorm replaces LayerNorm if apex
+is importable.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger("trainer")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, position embeddings or tokens (MAE / timm convention)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(groups: list[dict], lr: float, betas, eps: float, weight_decay: float,
+                   fused: bool = True) -> tuple[torch.optim.Optimizer, str]:
+    """Returns (optimizer, description of the kernel that will run)."""
+    cuda = torch.cuda.is_available()
+    if fused:
+        try:
+            from apex.optimizers import FusedAdam as ApexFusedAdam  # type: ignore
+
+            if cuda:
+                return (ApexFusedAdam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      adam_w_mode=True), "apex.optimizers.FusedAdam (adam_w_mode)")
+        except Exception:
+            pass
+        if cuda:
+            try:
+                from deepspeed.ops.adam import FusedAdam
+
+                return (FusedAdam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                  adam_w_mode=True), "deepspeed.ops.adam.FusedAdam (adam_w_mode)")
+            except Exception as e:
+                log.warning("DeepSpeed FusedAdam unavailable (%s); falling back to torch fused AdamW", e)
+                return (torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True),
+                        "torch.optim.AdamW(fused=True)")
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return (DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                     adamw_mode=True), "deepspeed.ops.adam.DeepSpeedCPUAdam (AVX, adamw_mode)")
+        except Exception as e:
+            log.warning("DeepSpeed CPU Adam unavailable (%s); falling back to torch AdamW foreach", e)
+    return (torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True),
+            "torch.optim.AdamW(foreach=True)")
+
+
+def use_apex_layernorm(model: nn.Module) -> bool:
+    """Swaps nn.LayerNorm for apex FusedLayerNorm (same parameters) when apex is importable."""
+    try:
+        from apex.normalization import FusedLayerNorm  # type: ignore
+    except Exception:
+        return False
+    for mod in list(model.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                new = FusedLayerNorm(child.normalized_shape, eps=child.eps)
+                new.load_state_dict(child.state_dict())
+                setattr(mod, name, new)
+    return True
+
+
+def attention_kernel(fused: bool) -> str:
+    if not fused:
+        return "eager softmax(QK^T)V"
+    if torch.cuda.is_available():
+        from torch.backends.cuda import flash_sdp_enabled, mem_efficient_sdp_enabled
+
+        kinds = [k for k, on in (("flash", flash_sdp_enabled()), ("mem-efficient", mem_efficient_sdp_enabled())) if on]
+        return f"F.scaled_dot_product_attention ({'/'.join(kinds) or 'math'} backends enabled)"
+    return "F.scaled_dot_product_attention (CPU flash kernel)"
