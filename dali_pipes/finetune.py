@@ -355,16 +355,17 @@ class DaliFinetuneLoader:
             raise ValueError(f"loader state was saved with {theirs}, this loader has {mine}")
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         ck = state.get("dali_checkpoint")
-        self._ckpt = None
+        self._ckpt = None if ck is None else base64.b64decode(ck).decode("latin1")
         self._pipe = None  # rebuilt lazily (from the checkpoint when there is one)
 
 
 def build_finetune_loader(records: Sequence, *, train: bool, batch_size: int, tcfg, mode: str | None = None,
                           seed: int = 0, workers: int = 0, sample_weights: np.ndarray | None = None,
                           drop_last: bool = False, device: str = "auto", device_id: int | None = None,
-                          prefetch: int = 2) -> DaliFinetuneLoader:
+                          prefetch: int = 2, gpu_dtype: torch.dtype = torch.bfloat16) -> DaliFinetuneLoader:
     """The DALI loader for ``trainer.finetune_data.build_finetune_loader(..., loader="dali")``: the
-    same keywords (plus the DALI-only ``device``, ``device_id``, ``prefetch``).
+    same keywords, plus the DALI-only ``device`` ("auto" | "cpu" | "gpu"), ``device_id``,
+    ``prefetch`` and ``gpu_dtype`` (image dtype of GPU batches; CPU batches are float32).
 
     tcfg: ``trainer.finetune_data.TransformConfig`` (img_size, in_chans, mean/std, crop_min,
     rotate_deg, randaug_ops/magnitude, reprob, crop_pct). mode: train | probe | eval (default by
@@ -373,7 +374,7 @@ def build_finetune_loader(records: Sequence, *, train: bool, batch_size: int, tc
     mode = mode or ("train" if train else "eval")
     opts = FinetuneOptions.from_transform(tcfg, mode=mode, train=train, batch_size=batch_size, seed=seed,
                                           workers=workers, drop_last=drop_last, device=device,
-                                          device_id=device_id, prefetch=prefetch)
+                                          device_id=device_id, prefetch=prefetch, gpu_dtype=gpu_dtype)
     return DaliFinetuneLoader(records, opts, sample_weights if train else None)
 
 
