@@ -77,7 +77,12 @@ def _demo(a) -> int:
 
     summary = write_demo_corpus(Path(a.dir), seed=a.seed, scale=a.scale)
     for name, s in summary.items():
-        print(f"{name}: {s}")
+        print(f"{name}: {s['files']} files, {s['frames']} frames, anatomy {s.get('anatomy')}")
+    if a.downstream:
+        from .phantom import write_downstream_task
+
+        csv = write_downstream_task(Path(a.dir) / a.downstream, seed=a.seed + 1, n_patients=a.patients)
+        print(f"{a.downstream}: labelled lesion task (normal/cyst/solid), {a.patients} patients -> {csv}")
     return 0
 
 
@@ -119,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("dir")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--scale", type=float, default=1.0)
+    d.add_argument("--downstream", metavar="NAME", help="also write the labelled lesion task as folder NAME "
+                   "(build it with --holdout NAME so it stays out of pretraining)")
+    d.add_argument("--patients", type=int, default=40, help="patients in the lesion task")
     d.set_defaults(fn=_demo)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,

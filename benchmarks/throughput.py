@@ -1,0 +1,338 @@
+"""Throughput of every stage, each beside its baseline from the same run (design §4).
+
+    python benchmarks/throughput.py [shard] [loader] [train] [--quick] [--json PATH] [--device cpu|cuda]
+
+shard  : `usf-shard build` frames/s vs just decoding the same inputs (decode_bound); peak RSS at
+         two corpus sizes; 1 vs 2 workers.
+loader : DALI pretrain pipeline vs the PyTorch baseline (webdataset + DataLoader + torchvision v2)
+         vs DALI decode-only (the bound), equal threads.
+train  : MAE step with the fused path (DeepSpeed engine, fused/AVX Adam, SDPA, no per-step sync)
+         vs the same model eager (torch AdamW foreach, per-step .item(), no SDPA); MFU.
+With no data given, a phantom corpus is generated and built in a temp dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.env import setup_env  # noqa: E402
+
+setup_env()
+
+import torch  # noqa: E402
+
+
+# ------------------------------------------------------------------ shard
+def _decode_bound(raw: Path) -> tuple[int, float]:
+    """Frames/s of reading + decoding every input, nothing else (the sharder's upper bound)."""
+    from sharder.config import quick_datasets
+    from sharder.frames import InputRejected, ReaderOptions
+    from sharder.readers import detect_format, iter_frames
+
+    n, t = 0, time.perf_counter()
+    for spec in quick_datasets([raw]):
+        for p in sorted(Path(spec.root).rglob("*")):
+            if not p.is_file():
+                continue
+            fmt = detect_format(p)
+            if fmt is None:
+                continue
+            try:
+                for _ in iter_frames(p, fmt, ReaderOptions()):
+                    n += 1
+            except InputRejected:
+                pass
+    return n, time.perf_counter() - t
+
+
+def _build_in_child(raw: Path, out: Path, workers: int) -> tuple[dict, float, float]:
+    """Runs a build in a child process; returns (totals, seconds, peak RSS MiB of the child and
+    its workers)."""
+    import multiprocessing as mp
+
+    def run(q):
+        from sharder.build import build
+        from sharder.config import BuildConfig, quick_datasets
+
+        t = time.perf_counter()
+        m = build(BuildConfig(datasets=quick_datasets([raw])), out, workers=workers, progress=False)
+        q.put((m["totals"], time.perf_counter() - t))
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    p = ctx.Process(target=run, args=(q,))
+    p.start()
+    totals, secs = q.get()
+    p.join()
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return totals, secs, max(rss, before) / 1024
+
+
+def bench_shard(tmp: Path, quick: bool) -> list[dict]:
+    from sharder.phantom import write_demo_corpus
+
+    res = []
+    scales = (0.5,) if quick else (0.5, 1.0)
+    for scale in scales:
+        raw = tmp / f"raw_{scale}"
+        write_demo_corpus(raw, seed=0, scale=scale)
+        n_dec, t_dec = _decode_bound(raw)
+        dec = n_dec / t_dec
+        res.append({"section": "shard", "name": "decode_bound", "unit": "frames/s", "value": dec,
+                    "baseline": None, "ratio": None, "scale": scale, "frames": n_dec})
+        one = None
+        for workers in (1, 2):
+            totals, secs, rss = _build_in_child(raw, tmp / f"shards_{scale}_{workers}", workers)
+            fps = totals["frames"] / secs
+            one = one or fps
+            res.append({"section": "shard", "name": "build" if workers == 1 else "build_2workers",
+                        "unit": "frames/s", "value": fps, "baseline": "decode_bound", "ratio": fps / dec,
+                        "workers": workers, "scale": scale, "frames": totals["frames"],
+                        "peak_rss_mib": rss, "scaling_vs_1_worker": fps / one})
+    return res
+
+
+# ------------------------------------------------------------------ loader
+def _time_loader(it, batches: int, warmup: int) -> float:
+    n = 0
+    t = None
+    for i, b in enumerate(it):
+        if i == warmup:
+            t = time.perf_counter()
+        if i >= warmup:
+            n += b.shape[0] if torch.is_tensor(b) else b["image"].shape[0]
+        if i + 1 >= warmup + batches:
+            break
+    return n / (time.perf_counter() - t)
+
+
+def _dali_decode_only(shards, opts) -> float:
+    """The bound: read + full decode, no crop/resize/flip/normalise."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_pipes.shards import shard_set
+
+    ss = shard_set(shards, "train", 1)
+    gpu = opts.device == "gpu"
+
+    @pipeline_def
+    def pipe():
+        jpeg = fn.readers.webdataset(paths=[str(p) for p in ss.paths], index_paths=[str(p) for p in ss.index_paths],
+                                     ext=["jpg"], random_shuffle=True, initial_fill=opts.shuffle_buffer, seed=0)
+        return fn.decoders.image(jpeg, device="mixed" if gpu else "cpu", output_type=types.GRAY)
+
+    p = pipe(batch_size=opts.batch_size, num_threads=opts.num_threads, device_id=0 if gpu else None, seed=0)
+    p.build()
+
+    def gen():
+        while True:
+            (out,) = p.run()
+            yield {"image": np.empty((len(out), 1))}
+    return gen()
+
+
+def bench_loader(shards: Path, quick: bool, device: str) -> list[dict]:
+    from dali_pipes import PretrainOptions, build_pretrain_loader
+
+    threads = 2 if device == "cpu" else 8
+    bs = 32 if device == "cpu" else 256
+    batches = 8 if quick else 30
+    opts = PretrainOptions(batch_size=bs, num_threads=threads, device="gpu" if device == "cuda" else "cpu",
+                           device_id=0 if device == "cuda" else None, shuffle_buffer=256)
+
+    def endless(kind):
+        ld = build_pretrain_loader(shards, opts, kind=kind)
+        while True:
+            yield from ld
+
+    dali = _time_loader(endless("dali"), batches, 2)
+    tl = _time_loader(endless("torch"), batches, 2)
+    bound = _time_loader(_dali_decode_only(shards, opts), batches, 2)
+    common = {"unit": "images/s", "batch_size": bs, "threads": threads}
+    return [
+        {"section": "loader", "name": "dali", "value": dali, "baseline": "torch", "ratio": dali / tl,
+         "fraction_of_decode_bound": dali / bound, **common},
+        {"section": "loader", "name": "torch", "value": tl, "baseline": None, "ratio": None, **common},
+        {"section": "loader", "name": "dali_decode_only", "value": bound, "baseline": None, "ratio": None, **common},
+    ]
+
+
+# ------------------------------------------------------------------ train
+def _step_rate(model_name: str, fused: bool, bs: int, steps: int, device: torch.device, dtype) -> dict:
+    """images/s of MAE train steps. fused: DeepSpeed engine (ZeRO-1, fused/AVX Adam, SDPA, lazy
+    logging). baseline: plain eager loop, torch AdamW foreach, no SDPA, `.item()` every step."""
+    from trainer.flops import train_flops_per_image
+    from trainer.kernels import make_optimizer, param_groups
+    from trainer.model import MaskedAutoencoderViT, config_for
+
+    torch.manual_seed(0)
+    cfg = config_for(model_name, fused_attn=fused)
+    model = MaskedAutoencoderViT(cfg).to(device)
+    x = torch.randn(bs, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
+    groups = param_groups(model, 0.05)
+    if fused:
+        import deepspeed
+
+        opt, kernel = make_optimizer(groups, 1e-4, (0.9, 0.95), 1e-8, 0.05, fused=True)
+        ds = {"train_micro_batch_size_per_gpu": bs, "gradient_clipping": 3.0, "steps_per_print": 10**9,
+              "bf16": {"enabled": dtype == torch.bfloat16}, "zero_optimization": {"stage": 1},
+              "zero_allow_untested_optimizer": True}
+        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+        xx = x.to(dtype)
+
+        def step():
+            loss, _, _ = engine(xx)
+            engine.backward(loss)
+            engine.step()
+            return loss
+    else:
+        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), foreach=True)
+        kernel = "torch.optim.AdamW(foreach=True), eager attention"
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype == torch.bfloat16):
+                loss, _, _ = model(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+            opt.step()
+            loss.item()  # the per-step host sync of the reference engine
+            return loss
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    ips = bs / dt
+    return {"value": ips, "step_s": dt, "kernel": kernel,
+            "tflops": ips * train_flops_per_image(cfg) / 1e12}
+
+
+def bench_train(quick: bool, device: str) -> list[dict]:
+    from trainer.flops import peak_tflops
+
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    dtype = torch.bfloat16
+    if dev.type == "cuda":
+        model, bs, steps = "mae_vit_base_patch16", 256, 5 if quick else 20
+    else:
+        model, bs, steps = ("mae_vit_demo_patch16", 16, 3) if quick else ("mae_vit_small_patch16", 32, 4)
+    peak, src = peak_tflops(dev, dtype)
+    base = _step_rate(model, False, bs, steps, dev, dtype)
+    fused = _step_rate(model, True, bs, steps, dev, dtype)
+    common = {"unit": "images/s", "model": model, "batch_size": bs, "dtype": "bf16", "peak_tflops": peak,
+              "peak_source": src}
+    return [
+        {"section": "train", "name": "fused", **fused, "baseline": "baseline", "ratio": fused["value"] / base["value"],
+         "mfu": fused["tflops"] / peak if peak else None, **common},
+        {"section": "train", "name": "baseline", **base, "baseline": None, "ratio": None,
+         "mfu": base["tflops"] / peak if peak else None, **common},
+    ]
+
+
+# ------------------------------------------------------------------ main
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version()}
+
+
+def versions() -> dict:
+    v = {"torch": torch.__version__}
+    for name, mod in (("dali", "nvidia.dali"), ("deepspeed", "deepspeed"), ("timm", "timm")):
+        try:
+            v[name] = __import__(mod, fromlist=["__version__"]).__version__
+        except Exception:
+            v[name] = None
+    return v
+
+
+def table(results: list[dict]) -> str:
+    rows = [("section", "name", "value", "unit", "vs", "ratio", "notes")]
+    for r in results:
+        notes = []
+        for k in ("fraction_of_decode_bound", "mfu", "scaling_vs_1_worker"):
+            if r.get(k) is not None:
+                notes.append(f"{k}={r[k]:.2f}")
+        for k in ("peak_rss_mib", "step_s", "tflops"):
+            if r.get(k) is not None:
+                notes.append(f"{k}={r[k]:.3g}")
+        for k in ("batch_size", "threads", "workers", "scale", "model", "kernel"):
+            if r.get(k) is not None:
+                notes.append(f"{k}={r[k]}")
+        rows.append((r["section"], r["name"], f"{r['value']:.1f}", r["unit"], r.get("baseline") or "",
+                     f"{r['ratio']:.2f}x" if r.get("ratio") else "", " ".join(notes)))
+    w = [max(len(x[i]) for x in rows) for i in range(6)]
+    return "\n".join("  ".join(x[i].ljust(w[i]) for i in range(6)) + "  " + x[6] for x in rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sections", nargs="*", default=[], help="shard | loader | train (default: all)")
+    p.add_argument("--quick", action="store_true", help="small sizes (the demo and CI)")
+    p.add_argument("--json", default="benchmarks/results/latest.json")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shards", help="existing shard dir for the loader section")
+    a = p.parse_args(argv)
+    sections = a.sections or ["shard", "loader", "train"]
+    bad = sorted(set(sections) - {"shard", "loader", "train"})
+    if bad:
+        p.error(f"unknown section(s) {bad}: choose from shard, loader, train")
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        if "shard" in sections:
+            results += bench_shard(tmp, a.quick)
+        if "loader" in sections:
+            shards = Path(a.shards) if a.shards else None
+            if shards is None:
+                from sharder.build import build
+                from sharder.config import BuildConfig, quick_datasets
+                from sharder.phantom import write_demo_corpus
+
+                raw = tmp / "loader_raw"
+                write_demo_corpus(raw, seed=1, scale=0.5)
+                shards = tmp / "loader_shards"
+                build(BuildConfig(datasets=quick_datasets([raw]), shard_max_samples=64), shards, progress=False)
+            results += bench_loader(shards, a.quick, a.device)
+        if "train" in sections:
+            results += bench_train(a.quick, a.device)
+    out = {"machine": machine(), "versions": versions(), "quick": a.quick, "results": results}
+    print(table(results))
+    print(f"machine: {out['machine']}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
