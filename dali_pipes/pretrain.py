@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .options import PretrainOptions
-from .shards import shard_set
+
+log = logging.getLogger("dali_pipes")
+from .shards import ShardSetError, incomplete_samples, shard_set
 
 
 def resolve_device(opts: PretrainOptions) -> str:
@@ -102,7 +105,12 @@ class DaliPretrainLoader:
         self.paths = [str(p) for p in ss.paths]
         self.index_paths = [str(p) for p in ss.index_paths]
         self.gpu = resolve_device(opts) == "gpu"
-        per_rank = ss.samples // world_size
+        self.incomplete = incomplete_samples(ss.index_paths, ("jpg", "json"))
+        if self.incomplete and not opts.skip_corrupt:
+            shown = ", ".join(f"{s}:{k}" for s, k in self.incomplete[:5])
+            raise ShardSetError(f"{len(self.incomplete)} sample(s) miss a member (need jpg and json): {shown}; "
+                                f"rebuild the shards (usf-shard verify names them) or set skip_corrupt")
+        per_rank = (ss.samples - len(self.incomplete)) // world_size
         self.batches_per_epoch = per_rank // opts.batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"{per_rank} samples per rank < batch size {opts.batch_size}")
@@ -134,6 +142,9 @@ class DaliPretrainLoader:
             yield batch
         self.epoch += 1
         self.batch_in_epoch = 0
+        if self.incomplete:
+            log.warning("epoch %d: skipped %d incomplete sample(s) (skip_corrupt): %s", self.epoch - 1,
+                        len(self.incomplete), ", ".join(f"{s}:{k}" for s, k in self.incomplete[:5]))
 
     def state_dict(self) -> dict:
         """Position after the last yielded batch: DALI checkpoint (base64) + counters."""

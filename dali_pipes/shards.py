@@ -35,6 +35,22 @@ def check_tar(path: Path, idx: Path) -> None:
                                 f"needs {end}); rebuild or verify it with `usf-shard verify`")
 
 
+def incomplete_samples(index_paths: list[Path], exts: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(shard name, key) of every sample whose index line lacks one of ``exts`` (a member lost
+    when the tar was made or edited). Reads only the small ``.idx`` files."""
+    bad = []
+    for idx in index_paths:
+        with open(idx) as f:
+            next(f, None)
+            for line in f:
+                tok = line.split()
+                have = {tok[i] for i in range(0, len(tok), 4)}
+                if not set(exts) <= have:
+                    key = tok[3].partition(".")[0] if len(tok) >= 4 else "?"
+                    bad.append((Path(str(idx)[: -len(".idx")]).name, key))
+    return bad
+
+
 def shard_set(data: str | Path, split: str, world_size: int, readers_per_rank: int = 1) -> ShardSet:
     m = Manifest.load(data)
     paths = m.shards(split)

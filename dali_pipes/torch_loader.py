@@ -23,7 +23,7 @@ from sharder.shards import iter_shard
 
 from .options import PretrainOptions
 from .pretrain import sample_id
-from .shards import shard_set
+from .shards import ShardSetError, incomplete_samples, shard_set
 
 
 def _epoch_shards(paths: list[str], seed: int, epoch: int) -> list[str]:
@@ -43,6 +43,8 @@ class _RankWorkerStream(IterableDataset):
         rng = random.Random(seed)
         for s in shards:
             for key, mem in iter_shard(Path(s)):
+                if self.o.codec not in mem or "json" not in mem:
+                    continue  # counted and reported at start (skip_corrupt), else refused there
                 buf.append(mem)
                 if len(buf) >= self.o.opts.shuffle_buffer:
                     yield buf.pop(rng.randrange(len(buf)))
@@ -90,7 +92,17 @@ class TorchPretrainLoader:
         ss = shard_set(data, opts.split, world_size, self.workers)
         self.mean, self.std, self.codec = ss.manifest.mean, ss.manifest.std, ss.manifest.codec
         self.paths = [str(p) for p in ss.paths]
-        self._samples = {str(p): s.samples for p, s in zip(ss.paths, ss.manifest.shard_infos(opts.split))}
+        incomplete = incomplete_samples(ss.index_paths, (self.codec, "json"))
+        if incomplete and not opts.skip_corrupt:
+            shown = ", ".join(f"{s}:{k}" for s, k in incomplete[:5])
+            raise ShardSetError(f"{len(incomplete)} sample(s) miss a member (need {self.codec} and json): "
+                                f"{shown}; rebuild the shards or set skip_corrupt")
+        lost = {}
+        for s, _ in incomplete:
+            lost[s] = lost.get(s, 0) + 1
+        self.incomplete = incomplete
+        self._samples = {str(p): s.samples - lost.get(p.name, 0)
+                         for p, s in zip(ss.paths, ss.manifest.shard_infos(opts.split))}
         self.epoch, self.batch_in_epoch = 0, 0
 
     def _per_worker(self, epoch: int) -> list[int]:

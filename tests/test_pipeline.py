@@ -90,3 +90,23 @@ def test_gpu_without_gpu_says_what_to_change(demo_shards):
     ld._pipe = None
     with pytest.raises(RuntimeError, match="device='cpu'"):
         next(iter(ld))
+
+
+def test_missing_member_is_named_or_skipped_and_counted(demo_shards, tmp_path, caplog):
+    from sharder.shards import iter_shard, write_shard
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_shards, bad)
+    tar = sorted(bad.glob("train-*.tar"))[0]
+    samples = list(iter_shard(tar))
+    key, mem = samples[2]
+    del mem["json"]
+    write_shard(tar, iter(samples))
+    for kind in KINDS:
+        with pytest.raises(ShardSetError, match=f"{tar.name}:{key}"):
+            build_pretrain_loader(bad, PretrainOptions(batch_size=4, device="cpu"), kind=kind)
+    opts = PretrainOptions(batch_size=4, img_size=32, device="cpu", skip_corrupt=True, shuffle_buffer=8)
+    ld = build_pretrain_loader(bad, opts, kind="dali", return_keys=True)
+    with caplog.at_level("WARNING"):
+        n = sum(1 for _ in ld)
+    assert n == len(ld) and "skipped 1 incomplete" in caplog.text and key in caplog.text
