@@ -206,15 +206,22 @@ class _Extractor:
                               min_side=cfg.min_side)
         source = salted_hex(cfg.salt, "source", digest)
         nframes = 0
+        # cine loops and videos keep the probe's footprint on every frame: find the scan region
+        # once per source and reuse it (volumes are not assumed to: slices along other axes differ)
+        reuse_box = fmt in ("dicom", "video")
+        box, box_shape = None, None
         try:
             for frame in iter_frames(path, fmt, ropts):
                 seq = nframes
                 nframes += 1
+                shape = frame.pixels.shape[:2]
                 try:
-                    cur = curate(frame.pixels, copts)
+                    cur = curate(frame.pixels, copts, box=box if shape == box_shape else None)
                 except InputRejected as e:
                     self._reject(rej, spec.name, rel, seq, e.reason, e.detail, scope="frame")
                     continue
+                if reuse_box and box is None and "crop:auto" in cur.ops:
+                    box, box_shape = cur.crop, shape
                 group = salted_hex(cfg.salt, "group", spec.name, grouper(rel, frame.group_hint))
                 key = salted_hex(cfg.salt, "key", spec.name, digest, frame.axis, frame.index)
                 img = cur.image

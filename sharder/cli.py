@@ -56,8 +56,15 @@ def _stats(a) -> int:
 
 
 def _preview(a) -> int:
-    from .report import contact_sheet
+    from .report import contact_sheet, curation_sheet
 
+    if a.curation:
+        path = curation_sheet(a.curation, a.out, n=a.n, seed=a.seed)
+        print(f"{path} (before/after curation; LOCAL ONLY: shows raw frames with their banners)")
+        return 0
+    if not a.dir:
+        print("usf-shard preview: give a shard DIR, or --curation RAW_DIR...", file=sys.stderr)
+        return 2
     print(contact_sheet(a.dir, a.out, n=a.n, seed=a.seed))
     return 0
 
@@ -111,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("stats", help="table per dataset and anatomy")
     s.add_argument("dir")
     s.set_defaults(fn=_stats)
-    pv = sub.add_parser("preview", help="contact sheet PNG of random samples")
-    pv.add_argument("dir")
+    pv = sub.add_parser("preview", help="contact sheet PNG of random samples (or before/after curation)")
+    pv.add_argument("dir", nargs="?")
+    pv.add_argument("--curation", nargs="+", metavar="RAW_DIR",
+                    help="instead: before/after curation of raw inputs (local only: shows banners)")
     pv.add_argument("--out", required=True)
     pv.add_argument("-n", type=int, default=48)
     pv.add_argument("--seed", type=int, default=0)

@@ -126,9 +126,12 @@ class Curated:
 # ============================================================================================
 # public API
 # ============================================================================================
-def curate(pixels: np.ndarray, opts: CurateOptions | None = None) -> Curated:
+def curate(pixels: np.ndarray, opts: CurateOptions | None = None,
+           box: tuple[int, int, int, int] | None = None) -> Curated:
     """Curate one frame. pixels: (H, W) gray of any numeric dtype, or (H, W, 3|4) RGB(A).
 
+    box: a scan region already found for this source (every frame of a cine loop, volume or
+    video shares the probe's footprint): reused instead of searched again (op "crop:reused").
     Raises InputRejected("too_small" | "blank" | "colour" | "bad_shape", detail).
     """
     opts = opts or CurateOptions()
@@ -141,16 +144,21 @@ def curate(pixels: np.ndarray, opts: CurateOptions | None = None) -> Curated:
 
     colour = None
     if img.ndim == 3:
-        colour = colour_mask(img, opts.colour_chroma)
+        # the colour mask is only needed by the policies that act on colour (it costs ~20 ms)
+        if opts.colour_policy != "luma" or opts.deannotate:
+            colour = colour_mask(img, opts.colour_chroma)
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)  # BT.601 luma
         ops.append("gray:luma")
 
-    box = (0, 0, img.shape[0], img.shape[1])
-    if opts.crop_mode == "auto":
+    if box is not None and opts.crop_mode == "auto":
+        ops.append("crop:reused")
+    elif opts.crop_mode == "auto":
         box, found, bg_frac = _scan_region(img)
         if not found and bg_frac >= _MOSTLY_BG_FRAC:
             raise InputRejected("blank", f"no scan region: {bg_frac:.0%} of the frame is background")
         ops.append("crop:auto" if found else "crop:none_found")
+    else:
+        box = (0, 0, img.shape[0], img.shape[1])
     y0, x0, y1, x1 = box
     gray = img[y0:y1, x0:x1]
     colour = colour[y0:y1, x0:x1] if colour is not None else None

@@ -75,3 +75,46 @@ def contact_sheet(root: str | Path, out: str | Path, n: int = 48, seed: int = 0,
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), sheet)
     return out
+
+
+def curation_sheet(inputs: list[str | Path], out: str | Path, n: int = 8, seed: int = 0, tile: int = 256) -> Path:
+    """Before/after curation for ``n`` raw inputs: the source frame with the scan-region crop
+    drawn on it, beside the curated frame. LOCAL USE ONLY: the 'before' side shows the raw frame,
+    burned-in banners included, so this sheet is not shareable (unlike the contact sheet)."""
+    from .config import quick_datasets
+    from .curate import CurateOptions, curate, to_uint8
+    from .frames import InputRejected, ReaderOptions
+    from .readers import detect_format, iter_frames
+
+    files = sorted(p for spec in quick_datasets(list(inputs)) for p in Path(spec.root).rglob("*") if p.is_file())
+    random.Random(seed).shuffle(files)
+    rows = []
+    for f in files:
+        if len(rows) == n:
+            break
+        fmt = detect_format(f)
+        if fmt is None:
+            continue
+        try:
+            frame = next(iter_frames(f, fmt, ReaderOptions(max_frames=1)))
+            cur = curate(frame.pixels, CurateOptions())
+        except (InputRejected, StopIteration):
+            continue
+        src = frame.pixels
+        gray = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY) if src.ndim == 3 else to_uint8(src)[0]
+        before = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+        y0, x0, y1, x1 = cur.crop
+        cv2.rectangle(before, (x0, y0), (x1 - 1, y1 - 1), (0, 200, 255), max(2, gray.shape[0] // 150))
+        def fit(img):
+            s = tile / max(img.shape[:2])
+            img = cv2.resize(img, (max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s))),
+                             interpolation=cv2.INTER_AREA)
+            pad = np.zeros((tile, tile, 3), np.uint8)
+            pad[:img.shape[0], :img.shape[1]] = img if img.ndim == 3 else img[..., None]
+            return pad
+        rows.append(np.concatenate([fit(before), fit(cv2.cvtColor(cur.image, cv2.COLOR_GRAY2BGR))], axis=1))
+    sheet = np.concatenate(rows, axis=0) if rows else np.zeros((tile, 2 * tile, 3), np.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), sheet)
+    return out

@@ -245,6 +245,12 @@ def test_cli_build_verify_stats_preview(tmp_path, demo_raw):
     run_py(["-m", "sharder.cli", "preview", str(out), "--out", str(tmp_path / "sheet.png"), "-n", "12"])
     sheet = cv2.imread(str(tmp_path / "sheet.png"), cv2.IMREAD_GRAYSCALE)
     assert sheet is not None and sheet.std() > 10
+    run_py(["-m", "sharder.cli", "preview", "--curation", str(demo_raw / "breast_png"), "--out",
+            str(tmp_path / "cur.png"), "-n", "3"])
+    cur = cv2.imread(str(tmp_path / "cur.png"))
+    assert cur.shape == (3 * 256, 512, 3)
+    # the crop box is drawn in orange on the 'before' side
+    assert ((cur[..., 2] > 200) & (cur[..., 1] > 150) & (cur[..., 0] < 80)).sum() > 100
     (out / "train-000000.tar.idx").unlink()
     run_py(["-m", "sharder.cli", "index", str(out)])
     assert run_py(["-m", "sharder.cli", "-q", "verify", str(out)]).returncode == 0
