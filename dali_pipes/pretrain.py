@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from .options import PretrainOptions
+from .shards import ShardSetError, incomplete_samples, shard_set
 
 log = logging.getLogger("dali_pipes")
-from .shards import ShardSetError, incomplete_samples, shard_set
 
 
 def resolve_device(opts: PretrainOptions) -> str:

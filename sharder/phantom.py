@@ -1127,15 +1127,24 @@ def _random_lesion(
     x_range=(-0.28, 0.28),
     small_p: float = 0.3,
     kind: str | None = None,
+    size_scale: float = 1.0,
+    conspicuity: float = 0.0,
 ) -> Lesion:
-    """A lesion with varied kind, size, shape, position and contrast."""
+    """A lesion with varied kind, size, shape, position and contrast.
+
+    size_scale multiplies the radius. conspicuity in [0, 1] narrows the contrast ranges towards
+    the textbook end (0: simple-to-complicated cysts, weakly-to-strongly shadowing solids; 1:
+    anechoic, strongly enhancing cysts and hypoechoic, strongly shadowing solids). The random
+    draws are the same for any value of both, so defaults reproduce the original lesions."""
     kind = kind or ("cyst" if rng.random() < 0.5 else "solid")
     r = rng.uniform(0.02, 0.035) if rng.random() < small_p else rng.uniform(0.035, 0.1)
+    r *= size_scale
     aspect = rng.uniform(0.7, 1.3)
+    c = float(np.clip(conspicuity, 0.0, 1.0))
     if kind == "cyst":  # simple (anechoic) to complicated (internal echoes) cysts
-        echo, att = float(rng.uniform(0.0, 0.25)), float(rng.uniform(0.08, 0.6))
+        echo, att = float(rng.uniform(0.0, 0.25 - 0.2 * c)), float(rng.uniform(0.08, 0.6 - 0.4 * c))
     else:  # weakly to strongly shadowing solids
-        echo, att = float(rng.uniform(0.15, 0.6)), float(rng.uniform(1.3, 4.0))
+        echo, att = float(rng.uniform(0.15, 0.6 - 0.3 * c)), float(rng.uniform(1.3 + 1.2 * c, 4.0))
     return Lesion(
         kind,
         (float(rng.uniform(*z_range)), float(rng.uniform(*x_range))),
@@ -1585,7 +1594,16 @@ def _normalise_mean(img: np.ndarray, mask: np.ndarray, target: float) -> np.ndar
     return np.rint(f).astype(np.uint8)
 
 
-def write_downstream_task(out: Path, seed: int = 0, n_patients: int = 40, per_patient: int = 6) -> Path:
+def write_downstream_task(
+    out: Path,
+    seed: int = 0,
+    n_patients: int = 40,
+    per_patient: int = 6,
+    *,
+    small_p: float = 0.3,
+    size_scale: float = 1.0,
+    conspicuity: float = 0.0,
+) -> Path:
     """Write a labelled lesion task: ``out/images/*.png`` (256 x 320 gray) and ``out/labels.csv``
     (columns ``path,label,patient``; path relative to ``out``). Classes: "normal", "cyst", "solid".
 
@@ -1594,6 +1612,9 @@ def write_downstream_task(out: Path, seed: int = 0, n_patients: int = 40, per_pa
     patient. Class, anatomy and probe are stratified independently (no anatomy predicts a class), lesion
     size/contrast/position vary (some small, some weakly shadowing or complicated cysts), calipers and
     banners appear regardless of class, and every image has the same mean brightness.
+
+    small_p (share of small lesions), size_scale (radius factor) and conspicuity (0..1, see
+    ``_random_lesion``) set the difficulty; the defaults are the original task.
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -1607,7 +1628,8 @@ def write_downstream_task(out: Path, seed: int = 0, n_patients: int = 40, per_pa
         prng = np.random.default_rng([seed, 0x7A5C, int(i)])
         lesion = None
         if label != "normal":
-            lesion = _random_lesion(prng, z_range, x_range, kind=label)
+            lesion = _random_lesion(prng, z_range, x_range, small_p=small_p, kind=label,
+                                    size_scale=size_scale, conspicuity=conspicuity)
             if anatomy == "thyroid":
                 lesion.centre = (lesion.centre[0], lesion.centre[1] * float(prng.choice([-1, 1])))
         scene = int(prng.integers(1 << 30))
