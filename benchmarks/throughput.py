@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -54,28 +53,41 @@ def _decode_bound(raw: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
+_BUILD_CHILD = """
+import json, resource, sys, time
+from sharder.build import build
+from sharder.config import BuildConfig, quick_datasets
+t = time.perf_counter()
+m = build(BuildConfig(datasets=quick_datasets([sys.argv[1]])), sys.argv[2], workers=int(sys.argv[3]), progress=False)
+secs = time.perf_counter() - t
+print(json.dumps({"totals": m["totals"], "secs": secs}))
+"""
+
+
 def _build_in_child(raw: Path, out: Path, workers: int) -> tuple[dict, float, float]:
-    """Runs a build in a child process; returns (totals, seconds, peak RSS MiB of the child and
-    its workers)."""
-    import multiprocessing as mp
+    """Runs a build in a fresh interpreter (the sharder's own memory, not this process's torch);
+    returns (totals, seconds of the build itself, peak RSS MiB summed over the build process and
+    its workers, sampled every 20 ms with psutil; ru_maxrss would report this parent's peak, which
+    Linux carries across fork+exec)."""
+    import subprocess
 
-    def run(q):
-        from sharder.build import build
-        from sharder.config import BuildConfig, quick_datasets
+    import psutil
 
-        t = time.perf_counter()
-        m = build(BuildConfig(datasets=quick_datasets([raw])), out, workers=workers, progress=False)
-        q.put((m["totals"], time.perf_counter() - t))
-
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    p = ctx.Process(target=run, args=(q,))
-    p.start()
-    totals, secs = q.get()
-    p.join()
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return totals, secs, max(rss, before) / 1024
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD_CHILD, str(raw), str(out), str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)]))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out_text = proc.stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"build failed in the benchmark child (exit {proc.returncode})")
+    r = json.loads(out_text.strip().splitlines()[-1])
+    return r["totals"], r["secs"], peak / 2**20
 
 
 def bench_shard(tmp: Path, quick: bool) -> list[dict]:

@@ -4,10 +4,12 @@ Stages (each streams; memory is bounded by the frame being processed plus small 
 records, never by whole images of the corpus):
 
 1. **plan**     walk the dataset roots (sorted) into ``_work/inputs.tsv``.
-2. **extract**  N worker processes, input ``i`` handled by worker ``i % N``: read -> curate ->
-                hash -> encode; encoded frames appended to ``_work/extract-W.bin``, one record
-                per frame to ``extract-W.jsonl``, rejects to ``rejects-W.jsonl``. A finished
-                worker leaves ``extract-W.done`` so a re-run after a kill skips it.
+2. **extract**  N worker processes pull the next input index from a shared counter (so a few
+                huge volumes do not leave one worker busy while the others idle): read ->
+                curate -> hash -> encode; encoded frames go to ``_work/part-rRwW.bin``, frame
+                records, rejects and an "input done" marker to ``part-rRwW.jsonl``. A re-run
+                after a kill truncates each part to its last done marker and processes only
+                the inputs not yet done, in new parts (run R+1).
 3. **dedup**    one pass in input order (independent of N): held-out datasets first (their
                 hashes guard against leakage), then exact (pixel hash) and near (64-bit pHash,
                 multi-index Hamming search) duplicates; first seen wins. Split by salted group.
@@ -90,12 +92,40 @@ def plan_inputs(cfg: BuildConfig, work: Path) -> tuple[int, list[str]]:
     return n, missing
 
 
-def _iter_inputs(work: Path, worker: int, workers: int) -> Iterator[tuple[int, int, str]]:
-    with open(work / "inputs.tsv") as f:
+def _input_offsets(work: Path) -> np.ndarray:
+    """Byte offset of each line of inputs.tsv (8 bytes per input, not the paths themselves)."""
+    offs, pos = [], 0
+    with open(work / "inputs.tsv", "rb") as f:
         for line in f:
-            i, d, rel = line.rstrip("\n").split("\t", 2)
-            if int(i) % workers == worker:
-                yield int(i), int(d), rel
+            offs.append(pos)
+            pos += len(line)
+    return np.asarray(offs, dtype=np.int64)
+
+
+def _read_input(f, offsets: np.ndarray, i: int) -> tuple[int, str]:
+    f.seek(int(offsets[i]))
+    _, d, rel = f.readline().decode().rstrip("\n").split("\t", 2)
+    return int(d), rel
+
+
+def _recover(work: Path) -> tuple[set[int], int]:
+    """After a kill: truncate every part to its last "done" marker (dropping a half-processed
+    input) and return (inputs done, next run number)."""
+    done: set[int] = set()
+    runs = [-1]
+    for part in sorted(work.glob("part-r*w*.jsonl")):
+        runs.append(int(part.stem[len("part-r"):].split("w")[0]))
+        keep = 0
+        with open(part, "rb") as f:
+            pos = 0
+            for line in f:
+                pos += len(line)
+                if line.startswith(b'{"t": "d"'):
+                    done.add(json.loads(line)["i"])
+                    keep = pos
+        with open(part, "r+b") as f:
+            f.truncate(keep)
+    return done, max(runs) + 1
 
 
 # ----------------------------------------------------------------------------- extract
@@ -147,36 +177,42 @@ def _file_digest(path: Path) -> str:
 class _Extractor:
     """Runs stage 2 for one worker's share of the inputs."""
 
-    def __init__(self, cfg: BuildConfig, work: Path, worker: int, workers: int, counter=None):
-        self.cfg, self.work, self.worker, self.workers = cfg, work, worker, workers
-        self.counter = counter  # shared (inputs, frames) counters for the progress bar
+    def __init__(self, cfg: BuildConfig, work: Path, part: str, offsets: np.ndarray, done: set[int],
+                 counter):
+        self.cfg, self.work, self.part, self.offsets, self.done = cfg, work, part, offsets, done
+        self.counter = counter  # shared [next input, inputs finished, frames] (progress + scheduling)
         self.groups = [_Group(s) for s in cfg.datasets]
 
     def _reject(self, rej, dataset: str, rel: str, frame, reason: str, detail: str,
                 scope: str = "input") -> None:
         """scope "input": the file (or its remainder after ``frame`` good frames) is unusable;
         scope "frame": one decoded frame was dropped by curation (counts in ``rejected``)."""
-        rej.write(json.dumps({"dataset": dataset, "path": rel, "frame": frame, "scope": scope,
+        rej.write(json.dumps({"t": "r", "dataset": dataset, "path": rel, "frame": frame, "scope": scope,
                               "reason": reason, "detail": detail}) + "\n")
         log.debug("rejected %s/%s frame=%s: %s", dataset, rel, frame, reason)
 
+    def _next(self) -> int:
+        with self.counter.get_lock():
+            i = self.counter[0]
+            self.counter[0] += 1
+        return i
+
     def run(self) -> None:
-        w = self.worker
-        done = self.work / f"extract-{w}.done"
-        if done.exists():
-            return
-        cfg = self.cfg
-        with open(self.work / f"extract-{w}.bin", "wb") as binf, \
-                open(self.work / f"extract-{w}.jsonl", "w") as recf, \
-                open(self.work / f"rejects-{w}.jsonl", "w") as rej:
-            for i, d, rel in _iter_inputs(self.work, w, self.workers):
-                spec = cfg.datasets[d]
-                nframes = self._one_input(i, spec, self.groups[d], rel, binf, recf, rej)
-                if self.counter is not None:
-                    with self.counter.get_lock():
-                        self.counter[0] += 1
-                        self.counter[1] += nframes
-        done.touch()
+        cfg, n = self.cfg, len(self.offsets)
+        with open(self.work / f"part-{self.part}.bin", "wb") as binf, \
+                open(self.work / f"part-{self.part}.jsonl", "w") as recf, \
+                open(self.work / "inputs.tsv", "rb") as inputs:
+            while (i := self._next()) < n:
+                nframes = 0
+                if i not in self.done:
+                    d, rel = _read_input(inputs, self.offsets, i)
+                    nframes = self._one_input(i, cfg.datasets[d], self.groups[d], rel, binf, recf, recf)
+                    binf.flush()  # the frames' bytes are on disk before their input counts as done
+                    recf.write(f'{{"t": "d", "i": {i}}}\n')
+                    recf.flush()
+                with self.counter.get_lock():
+                    self.counter[1] += 1
+                    self.counter[2] += nframes
 
     def _one_input(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, binf, recf, rej) -> int:
         cfg = self.cfg
@@ -235,7 +271,7 @@ class _Extractor:
                         "crop": [int(c) for c in cur.crop], "ops": list(cur.ops),
                         "phash": phash_hex(ph)}
                 x = img.astype(np.float64) / 255.0
-                recf.write(json.dumps({"i": i, "f": seq, "key": key, "off": off, "len": len(data),
+                recf.write(json.dumps({"t": "f", "i": i, "f": seq, "key": key, "off": off, "len": len(data),
                                        "xh": pixel_hash(img), "ph": ph, "meta": meta,
                                        "s": float(x.sum()), "ss": float((x * x).sum()),
                                        "n": int(x.size)}) + "\n")
@@ -252,27 +288,33 @@ class _Extractor:
         return nframes
 
 
-def _extract_worker(cfg, work, worker, workers, counter):
+def _extract_worker(cfg, work, part, offsets, done, counter):
     logging.getLogger("usf_shard").setLevel(logging.WARNING)
-    _Extractor(cfg, work, worker, workers, counter).run()
+    _Extractor(cfg, work, part, offsets, done, counter).run()
 
 
 def extract(cfg: BuildConfig, work: Path, workers: int, n_inputs: int, progress: bool) -> None:
+    done, run = _recover(work)
+    if len(done) == n_inputs and n_inputs:
+        return
+    if done:
+        log.info("resuming: %d of %d inputs already extracted", len(done), n_inputs)
+    offsets = _input_offsets(work)
     ctx = mp.get_context("fork")
-    counter = ctx.Array("q", 2)
+    counter = ctx.Array("q", 3)
     bar = tqdm(total=n_inputs, desc="extract", unit="input", disable=not progress, smoothing=0.1)
     t0 = time.time()
 
     def tick():
-        bar.n = counter[0]
-        bar.set_postfix_str(f"{counter[1]} frames, {counter[1] / max(time.time() - t0, 1e-6):.0f} frames/s")
+        bar.n = counter[1]
+        bar.set_postfix_str(f"{counter[2]} frames, {counter[2] / max(time.time() - t0, 1e-6):.0f} frames/s")
         bar.refresh()
 
     if workers == 1:
-        _Extractor(cfg, work, 0, 1, counter).run()
+        _Extractor(cfg, work, f"r{run}w0", offsets, done, counter).run()
     else:
-        procs = [ctx.Process(target=_extract_worker, args=(cfg, work, w, workers, counter), daemon=True)
-                 for w in range(workers)]
+        procs = [ctx.Process(target=_extract_worker, args=(cfg, work, f"r{run}w{w}", offsets, done, counter),
+                             daemon=True) for w in range(workers)]
         for p in procs:
             p.start()
         while any(p.is_alive() for p in procs):
@@ -289,22 +331,33 @@ def extract(cfg: BuildConfig, work: Path, workers: int, n_inputs: int, progress:
 
 
 # ----------------------------------------------------------------------------- dedup + split
-def _records(work: Path, workers: int) -> Iterator[tuple[int, dict]]:
-    """All frame records in input order (worker files are each sorted by input index)."""
-    def one(w):
-        with open(work / f"extract-{w}.jsonl") as f:
-            for line in f:
-                r = json.loads(line)
-                yield (r["i"], r["f"]), w, r
-    for _, w, r in heapq.merge(*(one(w) for w in range(workers)), key=lambda t: t[0]):
-        yield w, r
+def _parts(work: Path) -> list[str]:
+    return sorted(p.stem[len("part-"):] for p in work.glob("part-r*w*.jsonl"))
+
+
+def _entries(work: Path, part: str, kind: str) -> Iterator[dict]:
+    tag = f'{{"t": "{kind}"'.encode()
+    with open(work / f"part-{part}.jsonl", "rb") as f:
+        for line in f:
+            if line.startswith(tag):
+                yield json.loads(line)
+
+
+def _records(work: Path, workers: int | None = None) -> Iterator[tuple[str, dict]]:
+    """All frame records in input order, whichever part (run, worker) made them: each part is
+    sorted by input index, so a k-way merge gives an order independent of the worker count."""
+    def one(part):
+        for r in _entries(work, part, "f"):
+            yield (r["i"], r["f"]), part, r
+    for _, part, r in heapq.merge(*(one(p) for p in _parts(work)), key=lambda t: t[0]):
+        yield part, r
 
 
 @dataclass
 class _Survivor:
     order: bytes
     split: str
-    worker: int
+    worker: str  # the part (run, worker) whose .bin holds the encoded frame
     off: int
     length: int
     line: int  # line number in survivors.jsonl
@@ -415,7 +468,7 @@ def _write_one(out: Path, work: Path, codec: str, shard: dict, line_offs: list[i
             for w, off, length, line in shard["items"]:
                 sv.seek(line_offs[line])
                 rec = json.loads(sv.readline())
-                b = bins.get(w) or bins.setdefault(w, open(work / f"extract-{w}.bin", "rb"))
+                b = bins.get(w) or bins.setdefault(w, open(work / f"part-{w}.bin", "rb"))
                 b.seek(off)
                 yield rec["key"], {codec: b.read(length),
                                    "json": json.dumps(rec["meta"], sort_keys=True).encode()}
@@ -445,19 +498,16 @@ def write_shards(out: Path, work: Path, cfg: BuildConfig, shards: list[dict], wo
 
 
 # ----------------------------------------------------------------------------- driver
-def _fingerprint(cfg: BuildConfig, workers: int) -> str:
+def _fingerprint(cfg: BuildConfig) -> str:
     d = json.dumps({"cfg": cfg.resolved(), "roots": [s.root for s in cfg.datasets],
-                    "workers": workers, "tool": __version__}, sort_keys=True)
+                    "tool": __version__}, sort_keys=True)
     return hashlib.sha256(d.encode()).hexdigest()
 
 
-def _merge_lines(work: Path, prefix: str, workers: int, key) -> list[dict]:
-    rows = []
-    for w in range(workers):
-        p = work / f"{prefix}-{w}.jsonl"
-        if p.exists():
-            rows += [json.loads(x) for x in p.read_text().splitlines() if x]
-    return sorted(rows, key=key)
+def _rejects(work: Path) -> list[dict]:
+    rows = [{k: v for k, v in r.items() if k != "t"} for part in _parts(work) for r in _entries(work, part, "r")]
+    return sorted(rows, key=lambda r: (r["dataset"], r["path"], -1 if r["frame"] is None else r["frame"],
+                                       r["reason"]))
 
 
 def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = True,
@@ -466,7 +516,7 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / WORK
-    fp = _fingerprint(cfg, workers)
+    fp = _fingerprint(cfg)
     if work.exists() and (work / "fingerprint").exists() and (work / "fingerprint").read_text() != fp:
         log.info("config or inputs changed since the interrupted build: starting over")
         shutil.rmtree(work)
@@ -478,6 +528,13 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
     if not cfg.datasets:
         raise BuildError("no datasets: give input directories or a config with datasets")
     n_inputs, missing = plan_inputs(cfg, work)
+    listing = hashlib.sha256((work / "inputs.tsv").read_bytes()).hexdigest()
+    seen = work / "inputs.sha256"
+    if seen.exists() and seen.read_text() != listing:  # files added/removed since the kill
+        log.info("the input files changed since the interrupted build: extracting again")
+        for p in [*work.glob("part-*"), *out.glob("*.tar"), *out.glob("*.tar.idx")]:
+            p.unlink()
+    seen.write_text(listing)
     for name in missing:
         if cfg.strict:
             raise BuildError(f"dataset {name}: root is missing (strict mode)")
@@ -494,7 +551,7 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
             Path(f"{p}.idx").unlink(missing_ok=True)
     shard_rows = write_shards(out, work, cfg, shards, workers, progress)
 
-    rejects = _merge_lines(work, "rejects", workers, key=lambda r: (r["dataset"], r["path"], -1 if r["frame"] is None else r["frame"]))
+    rejects = _rejects(work)
     dups = [json.loads(x) for x in (work / "duplicates.jsonl").read_text().splitlines() if x]
     # every input is used (a frame written or deduplicated) or reported in rejects.jsonl
     reported = {(r["dataset"], r["path"]) for r in rejects}

@@ -917,9 +917,10 @@ def _is_nifti(path: Path) -> bool:
 def _open_nifti(path: Path) -> tuple[tuple[int, ...], Callable[[ReaderOptions], Any]]:
     """NIfTI-1/2 and Analyze via nibabel: (shape, load) where ``load(opts)`` returns data
     indexable in (i, j, k[, t]) order.  Uncompressed files are sliced through nibabel's
-    ArrayProxy (memory-mapped reads, one slice at a time); a gzip stream cannot seek backwards
-    cheaply, so it is sliced through the proxy only along the last spatial axis (forward
-    reads) and otherwise loaded once, within the voxel budget."""
+    ArrayProxy (memory-mapped reads, one slice at a time); a gzip stream cannot seek cheaply,
+    so it is loaded once when it fits a quarter of the voxel budget, and beyond that sliced
+    through the proxy along the last spatial axis only (install indexed_gzip to make those
+    reads seekable)."""
     import nibabel as nib
 
     with _guard(_undecodable("The NIfTI file could not be read")):
@@ -937,10 +938,14 @@ def _open_nifti(path: Path) -> tuple[tuple[int, ...], Callable[[ReaderOptions], 
         needed = offset + math.prod(shape) * dtype.itemsize
         if not compressed and data_file.exists() and data_file.stat().st_size < needed:
             raise InputRejected("truncated", "The volume file is shorter than its header declares.")
-        if compressed and any(a != 2 for a in opts.volume_axes) and len(shape) > 2:
-            _voxel_budget(shape)
-            with _guard(_undecodable("The volume data could not be read")):
-                return np.asanyarray(proxy)
+        if compressed and len(shape) > 2:
+            # without an index, every proxy slice of a gzip stream decompresses it from the
+            # start (quadratic in slices): load it once when it fits the voxel budget, and only
+            # stream slices (forward, along the last axis) when it does not
+            if math.prod(shape) <= MAX_VOLUME_VOXELS // 4 or any(a != 2 for a in opts.volume_axes):
+                _voxel_budget(shape)
+                with _guard(_undecodable("The volume data could not be read")):
+                    return np.asanyarray(proxy)
         return proxy
 
     return shape, load
