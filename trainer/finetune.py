@@ -529,7 +529,7 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
     sample_w = cw[np.asarray(labels)] if cfg.balanced == "sampler" else None
     class_weight = torch.tensor(cw, dtype=torch.float32, device=device) if cfg.balanced == "loss" else None
     common = {"batch_size": cfg.batch_size, "tcfg": tcfg, "loader": cfg.loader, "seed": cfg.seed,
-              "workers": cfg.workers}
+              "workers": cfg.workers, "device": device}
     train_loader = build_finetune_loader(train, train=True, mode="probe" if cfg.linear_probe else "train",
                                          sample_weights=sample_w, drop_last=len(train) > cfg.batch_size, **common)
     val_loader = build_finetune_loader(val, train=False, **common) if val else None

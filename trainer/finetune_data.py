@@ -247,8 +247,12 @@ def dali_module(loader: str):
 
 def build_finetune_loader(records: Sequence[Record], *, train: bool, batch_size: int, tcfg: TransformConfig,
                           loader: str = "torch", mode: str | None = None, seed: int = 0, workers: int = 0,
-                          sample_weights: np.ndarray | None = None, drop_last: bool = False):
+                          sample_weights: np.ndarray | None = None, drop_last: bool = False,
+                          device: torch.device | None = None):
     """The single switch between loaders; both yield the §2 fine-tune batch.
+
+    device: where the model runs; the DALI loader decodes there (GPU: mixed decode, float32
+    output so autocast decides the compute precision) and on the CPU otherwise.
 
     records: labelled images (paths, or in-memory arrays for the torch loader).
     mode: transform mode (``train``/``probe``/``eval``); defaults to ``train`` if ``train`` else ``eval``.
@@ -262,9 +266,12 @@ def build_finetune_loader(records: Sequence[Record], *, train: bool, batch_size:
         mod = dali_module(loader)
         if any(r.path is None for r in records):
             raise RuntimeError("the DALI loader reads files; in-memory records need --loader torch")
+        cuda = device is not None and device.type == "cuda"
         return mod.build_finetune_loader(records, train=train, batch_size=batch_size, tcfg=tcfg, mode=mode,
                                          seed=seed, workers=workers, sample_weights=sample_weights,
-                                         drop_last=drop_last)
+                                         drop_last=drop_last, device="gpu" if cuda else "cpu",
+                                         device_id=(device.index or 0) if cuda else None,
+                                         gpu_dtype=torch.float32)
     if loader != "torch":
         raise ValueError(f"unknown loader {loader!r} (torch or dali)")
     ds = FinetuneDataset(records, build_transform(tcfg, mode))
