@@ -13,14 +13,16 @@ if ! $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)";
 fi
 # demo sizes (the proof stage may tune them in launch/demo.env)
 MODEL=mae_vit_demo_patch16; IMG_SIZE=128; PRETRAIN_STEPS=1200; BATCH=16; BLR=8e-3; WARMUP=100
-CORPUS_SCALE=3; N_PATIENTS=40
+CORPUS_SCALE=3; N_PATIENTS=40; PER_PATIENT=6; TASK_SMALL_P=0.3; TASK_SIZE_SCALE=1.0; TASK_CONSPICUITY=0.0
 [ -f launch/demo.env ] && source launch/demo.env
 t0=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 
 rm -rf "$OUT"; mkdir -p "$OUT"
 stage "1/6 phantom corpus (pretraining datasets + a held-out labelled lesion task)"
-usf-shard -q demo "$OUT/raw" --scale "$CORPUS_SCALE" --downstream lesions_holdout --patients "$N_PATIENTS"
+usf-shard -q demo "$OUT/raw" --scale "$CORPUS_SCALE" --downstream lesions_holdout --patients "$N_PATIENTS" \
+  --per-patient "$PER_PATIENT" --task-small-p "$TASK_SMALL_P" --task-size-scale "$TASK_SIZE_SCALE" \
+  --task-conspicuity "$TASK_CONSPICUITY"
 
 stage "2/6 usf-shard build (lesions_holdout kept out of pretraining), verify, stats, preview"
 usf-shard build "$OUT/raw" --out "$OUT/shards" --workers 2 --holdout lesions_holdout

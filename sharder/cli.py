@@ -88,7 +88,9 @@ def _demo(a) -> int:
     if a.downstream:
         from .phantom import write_downstream_task
 
-        csv = write_downstream_task(Path(a.dir) / a.downstream, seed=a.seed + 1, n_patients=a.patients)
+        csv = write_downstream_task(Path(a.dir) / a.downstream, seed=a.seed + 1, n_patients=a.patients,
+                                    per_patient=a.per_patient, small_p=a.task_small_p,
+                                    size_scale=a.task_size_scale, conspicuity=a.task_conspicuity)
         print(f"{a.downstream}: labelled lesion task (normal/cyst/solid), {a.patients} patients -> {csv}")
     return 0
 
@@ -136,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--downstream", metavar="NAME", help="also write the labelled lesion task as folder NAME "
                    "(build it with --holdout NAME so it stays out of pretraining)")
     d.add_argument("--patients", type=int, default=40, help="patients in the lesion task")
+    d.add_argument("--per-patient", type=int, default=6, help="views per patient in the lesion task")
+    d.add_argument("--task-small-p", type=float, default=0.3, help="share of small lesions")
+    d.add_argument("--task-size-scale", type=float, default=1.0, help="lesion radius factor")
+    d.add_argument("--task-conspicuity", type=float, default=0.0, help="0..1: lesion contrast towards textbook")
     d.set_defaults(fn=_demo)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
