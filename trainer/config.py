@@ -40,7 +40,7 @@ class TrainConfig:
     max_nonfinite: int = 5  # abort after this many non-finite losses in a row
     peak_tflops: float | None = None  # MFU denominator override
     tensorboard: bool = True
-    recon_every_epoch: bool = True
+    recon_every_epoch: bool = True  # a grid every epoch (at most ~10 per run) and at the end
     local_rank: int = -1  # set by the deepspeed launcher
 
 

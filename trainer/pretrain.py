@@ -130,6 +130,8 @@ def train(cfg: TrainConfig) -> int:
     loader = build_pretrain_loader(cfg.data, opts, rank, world, kind=cfg.loader)
     steps_per_epoch = len(loader)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    # at most ~10 reconstruction grids per run (small demo sets have hundreds of short epochs)
+    recon_every = max(1, -(-total_steps // steps_per_epoch) // 10)
 
     # ---------------------------------------------------------------- model + engine
     mcfg = config_for(cfg.model, img_size=cfg.img_size, in_chans=cfg.in_chans, mask_ratio=cfg.mask_ratio,
@@ -247,7 +249,9 @@ def train(cfg: TrainConfig) -> int:
             if step >= total_steps:
                 break
             t_data = time.perf_counter()
-        if loader.epoch > epoch and cfg.recon_every_epoch and rank == 0 and recon_batch is not None:
+        last = step >= total_steps
+        if (loader.epoch > epoch or last) and (epoch % recon_every == 0 or last) and cfg.recon_every_epoch \
+                and rank == 0 and recon_batch is not None:
             path = save_recon_grid(engine.module, recon_batch.to(device), out / f"recon_epoch{epoch:03d}.png",
                                    mean=loader.mean, std=loader.std)
             log.info("reconstruction grid: %s", path)
