@@ -103,6 +103,10 @@ class FinetuneConfig:
     img_size: int | None = None  # default: encoder config, else 224
     in_chans: int | None = None  # default: encoder config; baselines 3
     crop_min: float = 0.2
+    # linear probe only: False trains the head on the eval view (resize + centre crop, no random
+    # crop/flip). Frozen small-data MAE features shift with scale/aspect jitter, and the head then
+    # fits views it is never tested on (measured in trainer/proof.py); True: MAE's crop + flip.
+    probe_augment: bool = True
     reprob: float = 0.25
     randaug_ops: int = 2
     randaug_magnitude: int = 9
@@ -530,7 +534,8 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
     class_weight = torch.tensor(cw, dtype=torch.float32, device=device) if cfg.balanced == "loss" else None
     common = {"batch_size": cfg.batch_size, "tcfg": tcfg, "loader": cfg.loader, "seed": cfg.seed,
               "workers": cfg.workers, "device": device}
-    train_loader = build_finetune_loader(train, train=True, mode="probe" if cfg.linear_probe else "train",
+    probe_mode = "probe" if cfg.probe_augment else "eval"
+    train_loader = build_finetune_loader(train, train=True, mode=probe_mode if cfg.linear_probe else "train",
                                          sample_weights=sample_w, drop_last=len(train) > cfg.batch_size, **common)
     val_loader = build_finetune_loader(val, train=False, **common) if val else None
     test_loader = build_finetune_loader(test, train=False, **common)
@@ -788,6 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--img-size", type=int, default=None, help="default: the encoder's (224 for baselines)")
     a("--in-chans", type=int, default=None, choices=[1, 3], help="default: the encoder's (3 for baselines)")
     a("--crop-min", type=float, default=d.crop_min, help="RandomResizedCrop lower scale")
+    a("--no-probe-augment", dest="probe_augment", action="store_false",
+      help="linear probe: train the head on the eval view (no random crop/flip)")
     a("--reprob", type=float, default=d.reprob, help="random erasing probability")
     a("--loader", default=d.loader, choices=["torch", "dali"])
     a("--workers", type=int, default=d.workers)

@@ -46,6 +46,10 @@ PRESETS: dict[str, dict] = {
     # ~1 minute of CPU training for the demo and the tests
     "mae_vit_demo_patch16": dict(embed_dim=192, depth=4, num_heads=3, decoder_embed_dim=128,
                                  decoder_depth=2, decoder_num_heads=4, timm_name="vit_tiny_patch16_224"),
+    # the demo encoder on 8x8 patches: same width/depth, 4x the tokens at a given img_size (the
+    # phantom lesion task's lesions are a few 16-px patches wide at demo resolutions)
+    "mae_vit_demo_patch8": dict(embed_dim=192, depth=4, num_heads=3, patch_size=8, decoder_embed_dim=128,
+                                decoder_depth=2, decoder_num_heads=4, timm_name="vit_tiny_patch16_224"),
     "mae_vit_tiny_patch16": dict(embed_dim=192, depth=12, num_heads=3, timm_name="vit_tiny_patch16_224"),
     "mae_vit_small_patch16": dict(embed_dim=384, depth=12, num_heads=6, timm_name="vit_small_patch16_224"),
     "mae_vit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, timm_name="vit_base_patch16_224"),

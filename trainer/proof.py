@@ -1,0 +1,214 @@
+"""Proof that pretraining helps: the same encoder architecture, random init vs our MAE
+pretraining, each linear-probed (frozen) and fine-tuned on a labelled downstream task whose
+patients are split into train and test groups.
+
+    python -m trainer.proof --labels DIR/labels.csv --export EXPORT_DIR --output-dir OUT \\
+        [--methods linear_probe,finetune] [--recon GRID.png]
+
+Writes ``OUT/proof.json`` (a list of {method, init, accuracy, f1, auc, ...}) and prints the table.
+The downstream set must be held out of pretraining (``usf-shard build --holdout NAME``).
+
+Images are curated with the sharder's own :func:`sharder.curate.curate` first (crop to the scan
+region, short side 256), so the downstream frames look like the pretraining frames (no banners,
+side bars or black margins); ``--no-curate`` feeds the files as they are. Both inits go through
+exactly the same runner (:func:`trainer.finetune.finetune`), data, split, seed and schedule.
+
+Settings (measured on the phantom lesion task, see ``benchmarks/proof_curve.py``):
+- linear probe: frozen encoder, mean of the patch tokens -> BatchNorm -> linear head (MAE's
+  linprobe), ``probe_crop_min`` 0.9: RandomResizedCrop at small scales cuts the lesion out and turns
+  "cyst" into "normal" (label noise the frozen features cannot absorb).
+- fine-tune: the runner's MAE recipe (layer decay, drop path, RandAugment, label smoothing) with
+  ``finetune_crop_min`` 0.5 for the same reason.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+METHODS = ("linear_probe", "finetune")
+INITS = ("random", "pretrained")
+
+
+@dataclass
+class ProofConfig:
+    labels: str  # CSV with path,label,patient (path relative to the CSV)
+    export: str  # the pretrained encoder (export dir)
+    output_dir: str
+    methods: str = "linear_probe,finetune"  # comma-separated subset of METHODS
+    test_fraction: float = 0.3  # of patients
+    curate: bool = True  # crop to the scan region with sharder.curate (as pretraining frames are)
+    probe_epochs: int = 20
+    probe_blr: float = 0.4  # lr 0.05 at batch 32: the runner default (0.05) leaves the head underfit
+    probe_augment: bool = False  # see the module docstring
+    probe_crop_min: float = 0.9  # with --probe-augment
+    finetune_epochs: int = 12
+    finetune_blr: float = 3e-3
+    finetune_crop_min: float = 0.5
+    finetune_randaug: int = 0  # RandAugment ops (the runner's default 2 x magnitude 9 hurts both inits here)
+    finetune_reprob: float = 0.0  # random erasing (can erase the lesion)
+    batch_size: int = 32
+    seed: int = 0
+    workers: int = 0
+    recon: str | None = None  # reconstruction grid to name under the table
+    shards: str | None = None  # pretraining shard dir: check the task was held out of it
+    holdout_name: str = "lesions_holdout"  # the task's dataset name in that build
+
+
+def load_task(csv_path: str | Path, curate: bool = True):
+    """-> (records, class names) from a ``path,label,patient`` CSV; labels sorted by name.
+
+    With ``curate`` every image is read and curated (scan-region crop, short side 256) and the
+    record carries the pixels in memory (its path stays for reference)."""
+    from trainer.downstream import Record
+
+    csv_path = Path(csv_path)
+    rows = list(csv.DictReader(csv_path.open(newline="")))
+    if not rows or not {"path", "label", "patient"} <= set(rows[0]):
+        raise ValueError(f"{csv_path}: expected columns path,label,patient")
+    names = sorted({r["label"] for r in rows})
+    recs = []
+    for r in rows:
+        path = csv_path.parent / r["path"]
+        image = None
+        if curate:
+            from sharder.curate import curate as curate_frame
+            from trainer.finetune_data import read_gray
+
+            image = curate_frame(read_gray(path)).image
+        recs.append(Record(path=path, label=names.index(r["label"]), group=r["patient"], image=image))
+    return recs, names
+
+
+def check_held_out(shards: str | Path, dataset: str) -> dict:
+    """Asserts that ``dataset`` was kept out of pretraining by ``usf-shard build --holdout``: the
+    manifest marks it held out, and no train/val sample comes from it. Returns its manifest entry."""
+    import tarfile
+
+    from sharder.manifest import Manifest
+
+    man = Manifest.load(shards)
+    entry = man.data.get("datasets", {}).get(dataset)
+    if entry is None or not entry.get("holdout"):
+        raise AssertionError(f"{shards}: dataset {dataset!r} is not marked held out in the manifest")
+    for split in ("train", "val"):
+        for tar in man.shards(split):
+            with tarfile.open(tar) as tf:
+                for m in tf:
+                    if m.name.endswith(".json"):
+                        meta = json.loads(tf.extractfile(m).read())
+                        if meta.get("dataset") == dataset:
+                            raise AssertionError(f"{tar.name}: {m.name} comes from held-out {dataset!r}")
+    return entry
+
+
+def split_task(recs, test_fraction: float, seed: int):
+    """Patients (groups) split into train and test; no patient straddles the two."""
+    from trainer.downstream import group_split
+
+    train, test = group_split(recs, test_fraction, seed)
+    if {r.group for r in train} & {r.group for r in test}:
+        raise AssertionError("a patient is in both train and test")
+    return train, test
+
+
+def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | None = None):
+    """The runner config of one cell: only ``init`` differs between random and pretrained."""
+    from trainer.finetune import FinetuneConfig
+
+    probe = method == "linear_probe"
+    return FinetuneConfig(
+        task="memory", init=cfg.export if init == "pretrained" else "none", arch=cfg.export,
+        linear_probe=probe, epochs=cfg.probe_epochs if probe else cfg.finetune_epochs,
+        blr=cfg.probe_blr if probe else cfg.finetune_blr,
+        crop_min=cfg.probe_crop_min if probe else cfg.finetune_crop_min, probe_augment=cfg.probe_augment,
+        randaug_ops=cfg.finetune_randaug, reprob=cfg.finetune_reprob, warmup_epochs=1 if probe else 2, batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers,
+        progress=False, val_fraction=0.0, output_dir=output_dir)
+
+
+def run_cell(train, test, names, cfg: ProofConfig, method: str, init: str, output_dir: str | None = None) -> dict:
+    from trainer.finetune import finetune
+
+    t = time.time()
+    r = finetune(train, test, finetune_config(cfg, method, init, output_dir), class_names=names)
+    return {"method": method, "init": init, "accuracy": r["accuracy"], "f1": r["f1"], "auc": r["auc"],
+            "n_train": r["n_train"], "n_test": r["n_test"], "seconds": round(time.time() - t, 1)}
+
+
+def run_proof(cfg: ProofConfig, log=print) -> list[dict]:
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"--methods: {bad or methods} not in {METHODS}")
+    t = time.time()
+    if cfg.shards:
+        e = check_held_out(cfg.shards, cfg.holdout_name)
+        log(f"held out of pretraining: {cfg.holdout_name} ({e.get('written')} frames in holdout shards, "
+            f"none in train/val)")
+    recs, names = load_task(cfg.labels, cfg.curate)
+    train, test = split_task(recs, cfg.test_fraction, cfg.seed)
+    log(f"task: {len(recs)} images of {len({r.group for r in recs})} patients, classes {names}; "
+        f"train {len(train)} images / {len({r.group for r in train})} patients, "
+        f"test {len(test)} / {len({r.group for r in test})} (held-out patients); "
+        f"{'curated' if cfg.curate else 'as stored'} in {time.time() - t:.1f}s")
+    out = Path(cfg.output_dir)
+    rows = []
+    for method in methods:
+        for init in INITS:
+            row = run_cell(train, test, names, cfg, method, init, str(out / "proof" / f"{method}_{init}"))
+            log(f"  {method:12s} {init:10s} accuracy {row['accuracy']:.3f}  macro-F1 {row['f1']:.3f}  "
+                f"AUC {row['auc']:.3f}  ({row['seconds']:.0f}s)")
+            rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "proof.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def gains(rows: list[dict]) -> dict[str, float]:
+    """method -> pretrained minus random accuracy (methods with both cells)."""
+    by = {(r["method"], r["init"]): r for r in rows}
+    return {m: by[(m, "pretrained")]["accuracy"] - by[(m, "random")]["accuracy"]
+            for m in METHODS if (m, "random") in by and (m, "pretrained") in by}
+
+
+def table(rows: list[dict], recon: str | None = None) -> str:
+    lines = ["| method | init | accuracy | macro-F1 | AUC |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
+        lines.append(f"| {r['method']} | {r['init']} | {r['accuracy']:.3f} | {r['f1']:.3f} | {auc} |")
+    lines.append("")
+    for m, d in gains(rows).items():
+        lines.append(f"{m}: pretrained - random = {d:+.3f} accuracy")
+    if recon:
+        lines.append(f"reconstruction grid: {recon}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--export", required=True)
+    p.add_argument("--output-dir", required=True)
+    for f in fields(ProofConfig):
+        if f.name in ("labels", "export", "output_dir"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default) if f.default is not None else str, default=f.default)
+    a = p.parse_args(argv)
+    cfg = ProofConfig(**vars(a))
+    rows = run_proof(cfg)
+    print()
+    print(table(rows, cfg.recon))
+    print(f"wrote {Path(cfg.output_dir) / 'proof.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
