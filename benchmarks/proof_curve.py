@@ -140,15 +140,18 @@ def plot(res: dict, path: Path) -> None:
     ax2.set_ylabel("MAE reconstruction loss", color="tab:red")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
+    ax.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=8)
     c = res["config"]
-    ax.set_title(f"phantom lesion task ({c['patients']} patients): {c['model']} @ {c['img_size']}px", fontsize=10)
+    ax.set_title(f"held-out phantom lesion task ({c['patients']} patients x {c['per_patient']} views): "
+                 f"{c['model']} @ {c['img_size']}px", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def main(argv=None) -> int:
+    from trainer.proof import ProofConfig
+
     env = demo_env()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a_ = p.add_argument
@@ -170,8 +173,8 @@ def main(argv=None) -> int:
     a_("--small-p", type=float, default=float(env.get("TASK_SMALL_P", 0.3)))
     a_("--size-scale", type=float, default=float(env.get("TASK_SIZE_SCALE", 1.0)))
     a_("--conspicuity", type=float, default=float(env.get("TASK_CONSPICUITY", 0.0)))
-    a_("--probe-epochs", type=int, default=30)
-    a_("--finetune-epochs", type=int, default=15)
+    a_("--probe-epochs", type=int, default=ProofConfig.probe_epochs)
+    a_("--finetune-epochs", type=int, default=ProofConfig.finetune_epochs)
     a_("--seed", type=int, default=0, help="corpus/pretraining seed (task seed is seed + 1)")
     a = p.parse_args(argv)
     a.split_seeds = [int(s) for s in a.split_seeds.split(",")]

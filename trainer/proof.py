@@ -11,14 +11,18 @@ The downstream set must be held out of pretraining (``usf-shard build --holdout 
 Images are curated with the sharder's own :func:`sharder.curate.curate` first (crop to the scan
 region, short side 256), so the downstream frames look like the pretraining frames (no banners,
 side bars or black margins); ``--no-curate`` feeds the files as they are. Both inits go through
-exactly the same runner (:func:`trainer.finetune.finetune`), data, split, seed and schedule.
+exactly the same runner (:func:`trainer.finetune.finetune`), data, split, seed and schedule; only
+the encoder weights differ. ``--shards`` checks that the task never reached pretraining.
 
-Settings (measured on the phantom lesion task, see ``benchmarks/proof_curve.py``):
+Settings, measured on the phantom lesion task on 2 CPU cores (trainer.proof defaults):
 - linear probe: frozen encoder, mean of the patch tokens -> BatchNorm -> linear head (MAE's
-  linprobe), ``probe_crop_min`` 0.9: RandomResizedCrop at small scales cuts the lesion out and turns
-  "cyst" into "normal" (label noise the frozen features cannot absorb).
-- fine-tune: the runner's MAE recipe (layer decay, drop path, RandAugment, label smoothing) with
-  ``finetune_crop_min`` 0.5 for the same reason.
+  linprobe) trained on the eval view (``probe_augment`` False): with the runner's crop + flip the
+  head fits jittered views of frozen features it is never tested on, and the pretrained probe fell
+  from 0.70 to 0.57 (random init 0.52 -> 0.58) on the same split. ``probe_blr`` 0.4 (lr 0.05):
+  the runner's default 0.05 left the head underfit (-0.02 to -0.05 accuracy).
+- fine-tune: the runner's recipe (layer decay, drop path, label smoothing) without RandAugment and
+  random erasing and with ``finetune_crop_min`` 0.5 (both erase or crop out the lesion):
+  with them, pretrained fine-tuning reached 0.58 instead of 0.75 and random init 0.46 vs 0.44-0.49.
 """
 from __future__ import annotations
 
@@ -40,14 +44,15 @@ class ProofConfig:
     export: str  # the pretrained encoder (export dir)
     output_dir: str
     methods: str = "linear_probe,finetune"  # comma-separated subset of METHODS
+    splits: int = 1  # patient splits (seeds seed..seed+splits-1); cells report the mean (and std)
     test_fraction: float = 0.3  # of patients
     curate: bool = True  # crop to the scan region with sharder.curate (as pretraining frames are)
     probe_epochs: int = 20
     probe_blr: float = 0.4  # lr 0.05 at batch 32: the runner default (0.05) leaves the head underfit
     probe_augment: bool = False  # see the module docstring
     probe_crop_min: float = 0.9  # with --probe-augment
-    finetune_epochs: int = 12
-    finetune_blr: float = 3e-3
+    finetune_epochs: int = 8
+    finetune_blr: float = 5e-3
     finetune_crop_min: float = 0.5
     finetune_randaug: int = 0  # RandAugment ops (the runner's default 2 x magnitude 9 hurts both inits here)
     finetune_reprob: float = 0.0  # random erasing (can erase the lesion)
@@ -116,7 +121,8 @@ def split_task(recs, test_fraction: float, seed: int):
     return train, test
 
 
-def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | None = None):
+def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | None = None,
+                    seed: int | None = None):
     """The runner config of one cell: only ``init`` differs between random and pretrained."""
     from trainer.finetune import FinetuneConfig
 
@@ -126,40 +132,70 @@ def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | 
         linear_probe=probe, epochs=cfg.probe_epochs if probe else cfg.finetune_epochs,
         blr=cfg.probe_blr if probe else cfg.finetune_blr,
         crop_min=cfg.probe_crop_min if probe else cfg.finetune_crop_min, probe_augment=cfg.probe_augment,
-        randaug_ops=cfg.finetune_randaug, reprob=cfg.finetune_reprob, warmup_epochs=1 if probe else 2, batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers,
+        randaug_ops=cfg.finetune_randaug, reprob=cfg.finetune_reprob, warmup_epochs=1 if probe else 2,
+        batch_size=cfg.batch_size, seed=cfg.seed if seed is None else seed, workers=cfg.workers,
         progress=False, val_fraction=0.0, output_dir=output_dir)
 
 
-def run_cell(train, test, names, cfg: ProofConfig, method: str, init: str, output_dir: str | None = None) -> dict:
+def run_cell(train, test, names, cfg: ProofConfig, method: str, init: str, output_dir: str | None = None,
+             seed: int | None = None) -> dict:
+    """One (method, init) run of the runner on one split -> {method, init, accuracy, f1, auc, ...}."""
     from trainer.finetune import finetune
 
     t = time.time()
-    r = finetune(train, test, finetune_config(cfg, method, init, output_dir), class_names=names)
+    r = finetune(train, test, finetune_config(cfg, method, init, output_dir, seed), class_names=names)
     return {"method": method, "init": init, "accuracy": r["accuracy"], "f1": r["f1"], "auc": r["auc"],
             "n_train": r["n_train"], "n_test": r["n_test"], "seconds": round(time.time() - t, 1)}
 
 
+def _mean_std(xs: list) -> tuple[float | None, float | None]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5
+
+
 def run_proof(cfg: ProofConfig, log=print) -> list[dict]:
+    """The comparison; returns (and writes as ``proof.json``) one record per (method, init):
+    accuracy / f1 / auc are means over ``cfg.splits`` patient splits (seeds seed, seed+1, ...),
+    with ``*_std`` and the ``per_split`` values beside them."""
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"--methods: {bad or methods} not in {METHODS}")
+    if cfg.splits < 1:
+        raise ValueError("--splits must be >= 1")
     t = time.time()
     if cfg.shards:
         e = check_held_out(cfg.shards, cfg.holdout_name)
         log(f"held out of pretraining: {cfg.holdout_name} ({e.get('written')} frames in holdout shards, "
             f"none in train/val)")
     recs, names = load_task(cfg.labels, cfg.curate)
-    train, test = split_task(recs, cfg.test_fraction, cfg.seed)
+    seeds = [cfg.seed + k for k in range(cfg.splits)]
+    splits = [split_task(recs, cfg.test_fraction, s) for s in seeds]
+    train, test = splits[0]
     log(f"task: {len(recs)} images of {len({r.group for r in recs})} patients, classes {names}; "
+        f"{'curated' if cfg.curate else 'as stored'} in {time.time() - t:.1f}s; {cfg.splits} patient split(s) of "
         f"train {len(train)} images / {len({r.group for r in train})} patients, "
-        f"test {len(test)} / {len({r.group for r in test})} (held-out patients); "
-        f"{'curated' if cfg.curate else 'as stored'} in {time.time() - t:.1f}s")
+        f"test {len(test)} / {len({r.group for r in test})} (held-out patients)")
     out = Path(cfg.output_dir)
     rows = []
     for method in methods:
         for init in INITS:
-            row = run_cell(train, test, names, cfg, method, init, str(out / "proof" / f"{method}_{init}"))
+            per = []
+            for s, (tr, te) in zip(seeds, splits):
+                d = out / "proof" / f"{method}_{init}" / (f"split{s}" if cfg.splits > 1 else "")
+                per.append(run_cell(tr, te, names, cfg, method, init, str(d), seed=s))
+            row = {"method": method, "init": init}
+            for k in ("accuracy", "f1", "auc"):
+                row[k], std = _mean_std([r[k] for r in per])
+                if cfg.splits > 1:
+                    row[f"{k}_std"] = std
+            row.update(n_splits=cfg.splits, n_train=per[0]["n_train"], n_test=per[0]["n_test"],
+                       seconds=round(sum(r["seconds"] for r in per), 1),
+                       per_split=[{"seed": s, **{k: r[k] for k in ("accuracy", "f1", "auc")}}
+                                  for s, r in zip(seeds, per)])
             log(f"  {method:12s} {init:10s} accuracy {row['accuracy']:.3f}  macro-F1 {row['f1']:.3f}  "
                 f"AUC {row['auc']:.3f}  ({row['seconds']:.0f}s)")
             rows.append(row)
@@ -175,14 +211,35 @@ def gains(rows: list[dict]) -> dict[str, float]:
             for m in METHODS if (m, "random") in by and (m, "pretrained") in by}
 
 
+def split_gains(rows: list[dict]) -> dict[str, list[float]]:
+    """method -> pretrained minus random accuracy on each patient split."""
+    by = {(r["method"], r["init"]): r for r in rows}
+    out = {}
+    for m in METHODS:
+        if (m, "random") in by and (m, "pretrained") in by:
+            rs, ps = by[(m, "random")].get("per_split"), by[(m, "pretrained")].get("per_split")
+            if rs and ps:
+                out[m] = [p["accuracy"] - r["accuracy"] for r, p in zip(rs, ps)]
+    return out
+
+
 def table(rows: list[dict], recon: str | None = None) -> str:
+    def cell(r, k):
+        if r.get(k) is None:
+            return "n/a"
+        return f"{r[k]:.3f}" + (f" ± {r[k + '_std']:.3f}" if r.get(k + "_std") is not None else "")
+
+    n = max((r.get("n_splits", 1) for r in rows), default=1)
     lines = ["| method | init | accuracy | macro-F1 | AUC |", "|---|---|---:|---:|---:|"]
     for r in rows:
-        auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
-        lines.append(f"| {r['method']} | {r['init']} | {r['accuracy']:.3f} | {r['f1']:.3f} | {auc} |")
+        lines.append(f"| {r['method']} | {r['init']} | {cell(r, 'accuracy')} | {cell(r, 'f1')} | {cell(r, 'auc')} |")
     lines.append("")
+    if n > 1:
+        lines.append(f"(mean ± std over {n} patient splits; test patients never seen in training or pretraining)")
+    per = split_gains(rows)
     for m, d in gains(rows).items():
-        lines.append(f"{m}: pretrained - random = {d:+.3f} accuracy")
+        each = f" (per split: {', '.join(f'{g:+.3f}' for g in per[m])})" if n > 1 and m in per else ""
+        lines.append(f"{m}: pretrained - random = {d:+.3f} accuracy{each}")
     if recon:
         lines.append(f"reconstruction grid: {recon}")
     return "\n".join(lines)
