@@ -82,24 +82,29 @@ def phash64(img: np.ndarray, flatten: bool = True) -> int:
     if a.ndim == 3:
         a = cv2.cvtColor(np.ascontiguousarray(a[..., :3]), cv2.COLOR_RGB2GRAY)
     a = a.astype(np.float32)
-    small = cv2.resize(a, (_HASH_SIDE, _HASH_SIDE), interpolation=cv2.INTER_AREA)
+    lo = cv2.resize(a, (2 * _HASH_SIDE, 2 * _HASH_SIDE), interpolation=cv2.INTER_AREA)
+    if min(a.shape) >= 2 * _HASH_SIDE:
+        # INTER_AREA shrinking is an exact area average, so the 2x2 means of the 64x64 shrink are
+        # the 32x32 shrink of the frame (to float rounding, ~1e-5): one pass over the frame, not two
+        small = cv2.resize(lo, (_HASH_SIDE, _HASH_SIDE), interpolation=cv2.INTER_AREA)
+    else:  # enlarging is not an average: shrink the frame itself
+        small = cv2.resize(a, (_HASH_SIDE, _HASH_SIDE), interpolation=cv2.INTER_AREA)
     if flatten:
-        small = small - _flat_template(a, small)
+        small = small - _flat_template(lo, small)
     ac = cv2.dct(small)[:_LOW, :_LOW].reshape(-1)[1:]
     bits = np.zeros(64, bool)
     bits[:63] = ac > np.median(ac)
     return int(np.packbits(bits, bitorder="little").view("<u8")[0])
 
 
-def _flat_template(gray: np.ndarray, small: np.ndarray) -> np.ndarray:
+def _flat_template(lo: np.ndarray, small: np.ndarray) -> np.ndarray:
     """(32, 32) float32: the scan region's support, as cell coverage 0..1, times small's mean over it.
 
-    gray: (H, W) float32 frame; small: its (32, 32) shrink. The support is the convex hull of the
+    lo: (64, 64) float32 INTER_AREA shrink of the frame; small: its (32, 32) shrink. The support is the convex hull of the
     64x64 cells brighter than _SUPPORT_LEVEL: the hull fills anechoic structures (a bladder, a
     cyst), which are anatomy and must stay in the residual, and the 64x64 area average makes it
     indifferent to dark speckle pixels and JPEG noise.
     """
-    lo = cv2.resize(gray, (2 * _HASH_SIDE, 2 * _HASH_SIDE), interpolation=cv2.INTER_AREA)
     pts = cv2.findNonZero((lo > _SUPPORT_LEVEL).astype(np.uint8))
     if pts is None:
         return np.zeros_like(small)
