@@ -2,10 +2,12 @@
 
     python benchmarks/throughput.py [shard] [loader] [train] [--quick] [--json PATH] [--device cpu|cuda]
 
-shard  : `usf-shard build` frames/s vs just decoding the same inputs (decode_bound); peak RSS at
-         two corpus sizes; 1 vs 2 workers.
+shard  : `usf-shard build` frames/s vs just decoding the same inputs (decode_bound); ms per frame
+         of each extract step (decode, curate, pHash, encode, hash + stats); peak RSS at two
+         corpus sizes (x0.5, x4); 1 vs 2 workers.
 loader : DALI pretrain pipeline vs the PyTorch baseline (webdataset + DataLoader + torchvision v2)
-         vs DALI decode-only (the bound), equal threads.
+         vs DALI decode-only (the bound), equal threads; plus the DALI cost ladder between the
+         bound and the pipeline (crop decode, + resize).
 train  : MAE step with the fused path (DeepSpeed engine, fused/AVX Adam, SDPA, no per-step sync)
          vs the same model eager (torch AdamW foreach, per-step .item(), no SDPA); MFU.
 With no data given, a phantom corpus is generated and built in a temp dir.
@@ -53,6 +55,70 @@ def _decode_bound(raw: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
+def _stage_costs(raw: Path) -> dict[str, float]:
+    """Where a build's per-frame time goes, one core: ms per frame of each step of the extract
+    loop (read + decode, curate, pHash, encode, pixel hash + statistics), on the same inputs,
+    with the build's scan-region reuse for cine and video and its single-threaded OpenCV."""
+    from sharder.build import _one_cv2_thread
+
+    acc = dict.fromkeys(("decode", "curate", "phash", "encode", "hash_stats"), 0.0)
+    n, clock = 0, time.perf_counter
+    with _one_cv2_thread():  # as in the build's workers
+        n = _stage_loop(raw, acc, clock)
+    return {k: 1000.0 * v / max(n, 1) for k, v in acc.items()}
+
+
+def _stage_loop(raw: Path, acc: dict, clock) -> int:
+    import numpy as np
+
+    from sharder.codec import encode
+    from sharder.config import quick_datasets
+    from sharder.curate import CurateOptions, curate
+    from sharder.dedup import phash64, pixel_hash
+    from sharder.frames import InputRejected, ReaderOptions
+    from sharder.readers import detect_format, iter_frames
+
+    n = 0
+    for spec in quick_datasets([raw]):
+        for p in sorted(Path(spec.root).rglob("*")):
+            fmt = detect_format(p) if p.is_file() else None
+            if fmt is None:
+                continue
+            box, shape = None, None
+            try:
+                it = iter_frames(p, fmt, ReaderOptions())
+                while True:
+                    t = clock()
+                    frame = next(it, None)
+                    acc["decode"] += clock() - t
+                    if frame is None:
+                        break
+                    t = clock()
+                    try:
+                        cur = curate(frame.pixels, CurateOptions(),
+                                     box=box if frame.pixels.shape[:2] == shape else None)
+                    except InputRejected:
+                        continue
+                    acc["curate"] += clock() - t
+                    if fmt in ("dicom", "video") and box is None and "crop:auto" in cur.ops:
+                        box, shape = cur.crop, frame.pixels.shape[:2]
+                    t = clock()
+                    phash64(cur.image)
+                    acc["phash"] += clock() - t
+                    t = clock()
+                    encode(cur.image, "jpg", 95)
+                    acc["encode"] += clock() - t
+                    t = clock()
+                    pixel_hash(cur.image)
+                    u = cur.image.reshape(-1).astype(np.uint32)
+                    int(u.sum(dtype=np.uint64)), int(np.square(u).sum(dtype=np.uint64))
+                    acc["hash_stats"] += clock() - t
+                    n += 1
+            except InputRejected:
+                pass
+    return n
+
+
 _BUILD_CHILD = """
 import json, resource, sys, time
 from sharder.build import build
@@ -94,7 +160,7 @@ def bench_shard(tmp: Path, quick: bool) -> list[dict]:
     from sharder.phantom import write_demo_corpus
 
     res = []
-    scales = (0.5,) if quick else (0.5, 1.0)
+    scales = (0.5,) if quick else (0.5, 4.0)  # RSS must stay flat over 8x the frames
     for scale in scales:
         raw = tmp / f"raw_{scale}"
         write_demo_corpus(raw, seed=0, scale=scale)
@@ -102,6 +168,12 @@ def bench_shard(tmp: Path, quick: bool) -> list[dict]:
         dec = n_dec / t_dec
         res.append({"section": "shard", "name": "decode_bound", "unit": "frames/s", "value": dec,
                     "baseline": None, "ratio": None, "scale": scale, "frames": n_dec})
+        if scale == scales[0]:
+            costs = _stage_costs(raw)
+            for k, ms in costs.items():
+                res.append({"section": "shard", "name": f"ms_per_frame:{k}", "unit": "ms/frame", "value": ms,
+                            "baseline": None, "ratio": None, "scale": scale,
+                            "share_of_decode": ms / costs["decode"]})
         one = None
         for workers in (1, 2):
             totals, secs, rss = _build_in_child(raw, tmp / f"shards_{scale}_{workers}", workers)
@@ -128,8 +200,11 @@ def _time_loader(it, batches: int, warmup: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def _dali_decode_only(shards, opts) -> float:
-    """The bound: read + full decode, no crop/resize/flip/normalise."""
+def _dali_stage(shards, opts, upto: str):
+    """One rung of the DALI pipeline's cost ladder, same reader, threads and batch:
+    ``decode`` (read + full decode: the bound), ``crop_decode`` (read + decode of the random crop
+    only: what the pipeline decodes), ``crop_resize`` (+ resize to img_size). The full pipeline
+    adds flip + normalise + CHW on top of the last."""
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
 
@@ -137,12 +212,19 @@ def _dali_decode_only(shards, opts) -> float:
 
     ss = shard_set(shards, "train", 1)
     gpu = opts.device == "gpu"
+    dev = "mixed" if gpu else "cpu"
 
     @pipeline_def
     def pipe():
         jpeg = fn.readers.webdataset(paths=[str(p) for p in ss.paths], index_paths=[str(p) for p in ss.index_paths],
                                      ext=["jpg"], random_shuffle=True, initial_fill=opts.shuffle_buffer, seed=0)
-        return fn.decoders.image(jpeg, device="mixed" if gpu else "cpu", output_type=types.GRAY)
+        if upto == "decode":
+            return fn.decoders.image(jpeg, device=dev, output_type=types.GRAY)
+        img = fn.decoders.image_random_crop(jpeg, device=dev, output_type=types.GRAY, random_area=list(opts.scale),
+                                            random_aspect_ratio=list(opts.ratio), num_attempts=10)
+        if upto == "crop_decode":
+            return img
+        return fn.resize(img, size=[opts.img_size, opts.img_size], antialias=True)
 
     p = pipe(batch_size=opts.batch_size, num_threads=opts.num_threads, device_id=0 if gpu else None, seed=0)
     p.build()
@@ -170,13 +252,19 @@ def bench_loader(shards: Path, quick: bool, device: str) -> list[dict]:
 
     dali = _time_loader(endless("dali"), batches, 2)
     tl = _time_loader(endless("torch"), batches, 2)
-    bound = _time_loader(_dali_decode_only(shards, opts), batches, 2)
-    common = {"unit": "images/s", "batch_size": bs, "threads": threads}
+    ladder = {k: _time_loader(_dali_stage(shards, opts, k), batches, 2) for k in ("decode", "crop_decode", "crop_resize")}
+    bound = ladder["decode"]
+    common = {"unit": "images/s", "batch_size": bs, "threads": threads, "img_size": opts.img_size}
     return [
         {"section": "loader", "name": "dali", "value": dali, "baseline": "torch", "ratio": dali / tl,
          "fraction_of_decode_bound": dali / bound, **common},
         {"section": "loader", "name": "torch", "value": tl, "baseline": None, "ratio": None, **common},
         {"section": "loader", "name": "dali_decode_only", "value": bound, "baseline": None, "ratio": None, **common},
+        # the cost ladder: where the pipeline's time goes between the bound and the full pipeline
+        {"section": "loader", "name": "dali_crop_decode", "value": ladder["crop_decode"], "baseline": None,
+         "ratio": None, "fraction_of_decode_bound": ladder["crop_decode"] / bound, **common},
+        {"section": "loader", "name": "dali_crop_resize", "value": ladder["crop_resize"], "baseline": None,
+         "ratio": None, "fraction_of_decode_bound": ladder["crop_resize"] / bound, **common},
     ]
 
 
@@ -290,16 +378,16 @@ def table(results: list[dict]) -> str:
     rows = [("section", "name", "value", "unit", "vs", "ratio", "notes")]
     for r in results:
         notes = []
-        for k in ("fraction_of_decode_bound", "mfu", "scaling_vs_1_worker"):
+        for k in ("fraction_of_decode_bound", "mfu", "scaling_vs_1_worker", "share_of_decode"):
             if r.get(k) is not None:
                 notes.append(f"{k}={r[k]:.2f}")
         for k in ("peak_rss_mib", "step_s", "tflops"):
             if r.get(k) is not None:
                 notes.append(f"{k}={r[k]:.3g}")
-        for k in ("batch_size", "threads", "workers", "scale", "model", "kernel"):
+        for k in ("batch_size", "threads", "img_size", "workers", "scale", "model", "kernel"):
             if r.get(k) is not None:
                 notes.append(f"{k}={r[k]}")
-        rows.append((r["section"], r["name"], f"{r['value']:.1f}", r["unit"], r.get("baseline") or "",
+        rows.append((r["section"], r["name"], f"{r['value']:.3g}" if r["value"] < 100 else f"{r['value']:.0f}", r["unit"], r.get("baseline") or "",
                      f"{r['ratio']:.2f}x" if r.get("ratio") else "", " ".join(notes)))
     w = [max(len(x[i]) for x in rows) for i in range(6)]
     return "\n".join("  ".join(x[i].ljust(w[i]) for i in range(6)) + "  " + x[6] for x in rows)
