@@ -270,14 +270,16 @@ def bench_loader(shards: Path, quick: bool, device: str) -> list[dict]:
 
 # ------------------------------------------------------------------ train
 def _step_rate(model_name: str, fused: bool, bs: int, steps: int, device: torch.device, dtype) -> dict:
-    """images/s of MAE train steps. fused: DeepSpeed engine (ZeRO-1, fused/AVX Adam, SDPA, lazy
-    logging). baseline: plain eager loop, torch AdamW foreach, no SDPA, `.item()` every step."""
+    """images/s of MAE train steps. fused: what trainer/pretrain.py runs — DeepSpeed engine (ZeRO-1,
+    fused/AVX Adam, lazy logging) with its default attention choice (SDPA on CUDA, eager on CPU).
+    baseline: plain eager loop, torch AdamW foreach, eager attention, `.item()` every step."""
     from trainer.flops import train_flops_per_image
-    from trainer.kernels import make_optimizer, param_groups
+    from trainer.kernels import attention_kernel, make_optimizer, param_groups, use_sdpa
     from trainer.model import MaskedAutoencoderViT, config_for
 
     torch.manual_seed(0)
-    cfg = config_for(model_name, fused_attn=fused)
+    sdpa = use_sdpa("auto", fused, device)
+    cfg = config_for(model_name, fused_attn=sdpa)
     model = MaskedAutoencoderViT(cfg).to(device)
     x = torch.randn(bs, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
     groups = param_groups(model, 0.05)
@@ -285,6 +287,7 @@ def _step_rate(model_name: str, fused: bool, bs: int, steps: int, device: torch.
         import deepspeed
 
         opt, kernel = make_optimizer(groups, 1e-4, (0.9, 0.95), 1e-8, 0.05, fused=True)
+        kernel = f"{kernel}, {attention_kernel(sdpa)}"
         ds = {"train_micro_batch_size_per_gpu": bs, "gradient_clipping": 3.0, "steps_per_print": 10**9,
               "bf16": {"enabled": dtype == torch.bfloat16}, "zero_optimization": {"stage": 1},
               "zero_allow_untested_optimizer": True}

@@ -95,3 +95,14 @@ def test_flops_formula_matches_torch_flop_counter():
     assert train_flops_per_image(base) == 3 * mae_forward_flops(base)
     # masking 75% makes the encoder ~4x cheaper: the whole step is well under half of unmasked
     assert mae_forward_flops(base) < 0.5 * mae_forward_flops(base, mask_ratio=0.0)
+
+
+def test_attention_choice_sdpa_on_cuda_eager_on_cpu():
+    from trainer.kernels import use_sdpa
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert use_sdpa("auto", True, cuda) and not use_sdpa("auto", True, cpu)
+    assert use_sdpa("sdpa", True, cpu) and not use_sdpa("eager", True, cuda)
+    assert not use_sdpa("sdpa", False, cuda)  # the --no-fused baseline is always eager
+    with pytest.raises(ValueError, match="--attention"):
+        use_sdpa("flash", True, cuda)

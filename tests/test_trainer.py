@@ -57,7 +57,8 @@ def test_kernels_are_logged(demo_shards, tmp_path):
                 "--max-steps", "2", "--batch-size", "4", "--log-every", "1", "--no-recon-every-epoch"])
     log = p.stdout + p.stderr
     assert "optimizer deepspeed.ops.adam.DeepSpeedCPUAdam" in log
-    assert "attention F.scaled_dot_product_attention" in log
+    # auto: SDPA on CUDA; on CPU the plain matmuls (measured faster at MAE's short sequences)
+    assert "attention eager softmax(QK^T)V (auto)" in log
 
 
 def test_export_loads_in_plain_timm(pretrain_run, tmp_path):

@@ -35,6 +35,7 @@ class TrainConfig:
     resume: str | None = None  # "auto": latest checkpoint in output_dir
     init: str | None = None  # facebookresearch/mae checkpoint (.pth, loaded weights_only)
     fused: bool = True  # fused optimizer + SDPA; --no-fused is the benchmark baseline
+    attention: str = "auto"  # auto (SDPA on CUDA, eager on CPU: measured faster there) | sdpa | eager
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False
     max_nonfinite: int = 5  # abort after this many non-finite losses in a row

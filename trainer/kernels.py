@@ -2,7 +2,7 @@
 
 Optimizer: apex FusedAdam (if apex imports) > DeepSpeed FusedAdam (CUDA) > DeepSpeed CPU Adam
 (AVX kernels, JIT-built once into TORCH_EXTENSIONS_DIR) > torch AdamW (fused on CUDA, foreach on
-CPU). Attention: SDPA via timm's ``fused_attn``; apex FusedLayerNorm replaces LayerNorm if apex
+CPU). Attention: SDPA via timm's ``fused_attn`` on CUDA, eager on CPU (:func:`use_sdpa`); apex FusedLayerNorm replaces LayerNorm if apex
 is importable.
 """
 from __future__ import annotations
@@ -78,7 +78,27 @@ def use_apex_layernorm(model: nn.Module) -> bool:
     return True
 
 
+ATTENTION = ("auto", "sdpa", "eager")
+
+
+def use_sdpa(attention: str, fused: bool, device: torch.device) -> bool:
+    """Whether timm's Attention runs F.scaled_dot_product_attention (else eager softmax(QK^T)V).
+
+    ``auto`` (default): SDPA on CUDA (flash / memory-efficient kernels: less memory, faster),
+    eager on CPU, where the measured CPU SDPA kernel is slower than the plain matmuls at MAE's
+    short sequences (17-197 tokens; 2-core EPYC, bf16, whole train step: 0.83x at ViT-S/16 224
+    batch 32, 0.78x at the demo ViT @ 64 px batch 16; /tmp-free repro: benchmarks/throughput.py
+    train on CPU). ``fused=False`` (the benchmark baseline) is always eager.
+    """
+    if attention not in ATTENTION:
+        raise ValueError(f"--attention must be one of {ATTENTION}, got {attention!r}")
+    if not fused or attention == "eager":
+        return False
+    return attention == "sdpa" or device.type == "cuda"
+
+
 def attention_kernel(fused: bool) -> str:
+    """Describes the attention kernel; ``fused``: SDPA is on (see :func:`use_sdpa`)."""
     if not fused:
         return "eager softmax(QK^T)V"
     if torch.cuda.is_available():

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from trainer.config import TrainConfig, parse_args, to_dict  # noqa: E402
 from trainer.flops import peak_tflops, train_flops_per_image  # noqa: E402
-from trainer.kernels import attention_kernel, make_optimizer, param_groups, use_apex_layernorm  # noqa: E402
+from trainer.kernels import attention_kernel, make_optimizer, param_groups, use_apex_layernorm, use_sdpa  # noqa: E402
 from trainer.model import MaskedAutoencoderViT, config_for  # noqa: E402
 
 log = logging.getLogger("trainer")
@@ -134,8 +134,9 @@ def train(cfg: TrainConfig) -> int:
     recon_every = max(1, -(-total_steps // steps_per_epoch) // 10)
 
     # ---------------------------------------------------------------- model + engine
+    sdpa = use_sdpa(cfg.attention, cfg.fused, device)
     mcfg = config_for(cfg.model, img_size=cfg.img_size, in_chans=cfg.in_chans, mask_ratio=cfg.mask_ratio,
-                      norm_pix_loss=cfg.norm_pix_loss, fused_attn=cfg.fused,
+                      norm_pix_loss=cfg.norm_pix_loss, fused_attn=sdpa,
                       grad_checkpointing=cfg.grad_checkpointing)
     model = MaskedAutoencoderViT(mcfg)
     if cfg.init:
@@ -157,7 +158,7 @@ def train(cfg: TrainConfig) -> int:
              cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, flops_img / 1e9, world, micro, lr,
              zero, cfg.precision)
     log.info("kernels: optimizer %s | attention %s | layernorm %s | loader %s", opt_kernel,
-             attention_kernel(cfg.fused), "apex FusedLayerNorm" if apex_ln else "torch LayerNorm", cfg.loader)
+             attention_kernel(sdpa) + f" ({cfg.attention})", "apex FusedLayerNorm" if apex_ln else "torch LayerNorm", cfg.loader)
     log.info("MFU peak: %.1f TFLOP/s per device (%s)", peak, peak_src)
 
     ckpt = CheckpointManager(out / "checkpoints", keep_last=cfg.keep_last)
