@@ -6,11 +6,16 @@ Small budget, fixed seeds, the real tools end to end: phantom corpus + lesion ta
 ``trainer.proof`` (runner linear probes; patients split into train and test groups).
 
 MARGIN comes from measured runs of exactly this configuration (benchmarks/results/
-proof_test_seeds.json: 5 corpus/pretraining seeds x 3 patient splits). The gain, pretrained minus
-random-init probe accuracy, was 0.151 +- 0.056 per split (min 0.075, max 0.26); averaged over the
-two splits tested here 0.162 +- 0.049 (min 0.105). MARGIN = 0.06 sits below every measured value
-and about 2 standard deviations under the mean, so seed or thread-count noise passes and an
-encoder that stops learning (gain ~0 +- 0.05) fails. Every split also had higher F1 and AUC.
+proof_test_seeds.json: 5 corpus/pretraining seeds x 3 patient splits, with the attention kernel
+trainer/pretrain.py picks on CPU). The gain, pretrained minus random-init probe accuracy, was
+0.137 +- 0.055 per split (min 0.04, max 0.225); averaged over the three splits tested here
+0.137 +- 0.040 (min 0.082; seed 0, the one tested, gives 0.082). An earlier sweep with SDPA
+attention gave 0.151 +- 0.041 (min 0.102; seed 0: 0.102), which also shows how far a different
+numeric path (another CPU's kernels) moves the fixed-seed result. MARGIN = 0.05 sits below all 10
+measured values and ~2.3 standard deviations under their mean, so seed, kernel or thread-count
+noise passes, and an encoder that stops learning (gain ~0 +- 0.04) fails it or one of the other
+checks (a gain on every split, higher F1 and AUC on every split, a falling loss). Every measured
+split had higher F1 and AUC and a positive gain.
 """
 from __future__ import annotations
 
@@ -22,13 +27,13 @@ import pytest
 from helpers import ROOT, run_py
 
 PRETRAIN = str(ROOT / "trainer" / "pretrain.py")
-# the configuration MARGIN was measured for (setup() + probe() over seeds 0-4, splits 0-2)
+# the configuration MARGIN was measured for (setup(seed) + probe(seed=0, splits=3) over seeds 0-4)
 CORPUS_SCALE = 4.0
 TASK = dict(n_patients=300, per_patient=2, small_p=0.0, size_scale=1.6, conspicuity=1.0)
 MODEL, IMG_SIZE, STEPS, BATCH, BLR, WARMUP = "mae_vit_demo_patch8", 64, 800, 16, 8e-3, 50
 SEED = 0
-SPLITS = (0, 1)  # patient splits (= runner seeds) averaged: SEED, SEED + 1
-MARGIN = 0.06
+SPLITS = (0, 1, 2)  # patient splits (= runner seeds) averaged: SEED, SEED + 1, SEED + 2
+MARGIN = 0.05
 
 
 def setup(work: Path, seed: int = SEED) -> dict:
@@ -72,7 +77,7 @@ def test_pretrained_linear_probe_beats_random_init(proof_run):
 
     paths, rows, _ = proof_run
     msg = "\n" + table(rows)
-    assert gains(rows)["linear_probe"] >= MARGIN, msg  # mean over the 2 splits
+    assert gains(rows)["linear_probe"] >= MARGIN, msg  # mean over the 3 splits
     assert all(g > 0 for g in split_gains(rows)["linear_probe"]), msg
     by = {r["init"]: r for r in rows}
     for rnd, pre in zip(by["random"]["per_split"], by["pretrained"]["per_split"]):
