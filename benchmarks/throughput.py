@@ -164,7 +164,9 @@ def bench_shard(tmp: Path, quick: bool) -> list[dict]:
     for scale in scales:
         raw = tmp / f"raw_{scale}"
         write_demo_corpus(raw, seed=0, scale=scale)
-        n_dec, t_dec = _decode_bound(raw)
+        # best of 2: the first pass also pays one-time imports (pydicom handlers, PyAV, nibabel)
+        # and cold file caches, which the build's figure does not include either (it runs second)
+        n_dec, t_dec = min((_decode_bound(raw) for _ in range(2)), key=lambda r: r[1])
         dec = n_dec / t_dec
         res.append({"section": "shard", "name": "decode_bound", "unit": "frames/s", "value": dec,
                     "baseline": None, "ratio": None, "scale": scale, "frames": n_dec})
