@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,25 +34,30 @@ import torch  # noqa: E402
 
 
 # ------------------------------------------------------------------ shard
-def _decode_bound(raw: Path) -> tuple[int, float]:
-    """Frames/s of reading + decoding every input, nothing else (the sharder's upper bound)."""
+def _inputs(raw: Path) -> Iterator[tuple[Path, str]]:
+    """(path, format) of every readable input of a quick-mode corpus, in the build's order."""
     from sharder.config import quick_datasets
-    from sharder.frames import InputRejected, ReaderOptions
-    from sharder.readers import detect_format, iter_frames
+    from sharder.readers import detect_format
 
-    n, t = 0, time.perf_counter()
     for spec in quick_datasets([raw]):
         for p in sorted(Path(spec.root).rglob("*")):
-            if not p.is_file():
-                continue
-            fmt = detect_format(p)
-            if fmt is None:
-                continue
-            try:
-                for _ in iter_frames(p, fmt, ReaderOptions()):
-                    n += 1
-            except InputRejected:
-                pass
+            fmt = detect_format(p) if p.is_file() else None
+            if fmt is not None:
+                yield p, fmt
+
+
+def _decode_bound(raw: Path) -> tuple[int, float]:
+    """Frames/s of reading + decoding every input, nothing else (the sharder's upper bound)."""
+    from sharder.frames import InputRejected, ReaderOptions
+    from sharder.readers import iter_frames
+
+    n, t = 0, time.perf_counter()
+    for p, fmt in _inputs(raw):
+        try:
+            for _ in iter_frames(p, fmt, ReaderOptions()):
+                n += 1
+        except InputRejected:
+            pass
     return n, time.perf_counter() - t
 
 
@@ -59,31 +65,17 @@ def _stage_costs(raw: Path) -> dict[str, float]:
     """Where a build's per-frame time goes, one core: ms per frame of each step of the extract
     loop (read + decode, curate, pHash, encode, pixel hash + statistics), on the same inputs,
     with the build's scan-region reuse for cine and video and its single-threaded OpenCV."""
-    from sharder.build import _one_cv2_thread
-
-    acc = dict.fromkeys(("decode", "curate", "phash", "encode", "hash_stats"), 0.0)
-    n, clock = 0, time.perf_counter
-    with _one_cv2_thread():  # as in the build's workers
-        n = _stage_loop(raw, acc, clock)
-    return {k: 1000.0 * v / max(n, 1) for k, v in acc.items()}
-
-
-def _stage_loop(raw: Path, acc: dict, clock) -> int:
-    import numpy as np
-
+    from sharder.build import REUSE_BOX_FORMATS, one_cv2_thread, pixel_sums
     from sharder.codec import encode
-    from sharder.config import quick_datasets
     from sharder.curate import CurateOptions, curate
     from sharder.dedup import phash64, pixel_hash
     from sharder.frames import InputRejected, ReaderOptions
-    from sharder.readers import detect_format, iter_frames
+    from sharder.readers import iter_frames
 
-    n = 0
-    for spec in quick_datasets([raw]):
-        for p in sorted(Path(spec.root).rglob("*")):
-            fmt = detect_format(p) if p.is_file() else None
-            if fmt is None:
-                continue
+    acc = dict.fromkeys(("decode", "curate", "phash", "encode", "hash_stats"), 0.0)
+    n, clock = 0, time.perf_counter
+    with one_cv2_thread():  # as in the build's workers
+        for p, fmt in _inputs(raw):
             box, shape = None, None
             try:
                 it = iter_frames(p, fmt, ReaderOptions())
@@ -100,7 +92,7 @@ def _stage_loop(raw: Path, acc: dict, clock) -> int:
                     except InputRejected:
                         continue
                     acc["curate"] += clock() - t
-                    if fmt in ("dicom", "video") and box is None and "crop:auto" in cur.ops:
+                    if fmt in REUSE_BOX_FORMATS and box is None and "crop:auto" in cur.ops:
                         box, shape = cur.crop, frame.pixels.shape[:2]
                     t = clock()
                     phash64(cur.image)
@@ -110,13 +102,12 @@ def _stage_loop(raw: Path, acc: dict, clock) -> int:
                     acc["encode"] += clock() - t
                     t = clock()
                     pixel_hash(cur.image)
-                    u = cur.image.reshape(-1).astype(np.uint32)
-                    int(u.sum(dtype=np.uint64)), int(np.square(u).sum(dtype=np.uint64))
+                    pixel_sums(cur.image)
                     acc["hash_stats"] += clock() - t
                     n += 1
             except InputRejected:
                 pass
-    return n
+    return {k: 1000.0 * v / max(n, 1) for k, v in acc.items()}
 
 
 _BUILD_CHILD = """

@@ -33,6 +33,7 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -61,6 +62,11 @@ class BuildError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- plan
+# cine loops and videos keep the probe's footprint on every frame: the scan region is found once
+# per source and reused (volumes are not: slices along other axes differ)
+REUSE_BOX_FORMATS = ("dicom", "video")
+
+
 def _walk(spec: DatasetSpec) -> list[str]:
     root = Path(spec.root)
     found: set[str] = set()
@@ -244,9 +250,7 @@ class _Extractor:
                               min_side=cfg.min_side)
         source = salted_hex(cfg.salt, "source", digest)
         nframes = 0
-        # cine loops and videos keep the probe's footprint on every frame: find the scan region
-        # once per source and reuse it (volumes are not assumed to: slices along other axes differ)
-        reuse_box = fmt in ("dicom", "video")
+        reuse_box = fmt in REUSE_BOX_FORMATS
         box, box_shape = None, None
         try:
             for frame in iter_frames(path, fmt, ropts):
@@ -272,13 +276,10 @@ class _Extractor:
                         "axis": frame.axis, "orig_hw": [int(s) for s in frame.pixels.shape[:2]],
                         "crop": [int(c) for c in cur.crop], "ops": list(cur.ops),
                         "phash": phash_hex(ph)}
-                # pixel sums for the manifest's mean/std: exact integers (no BLAS threads, no float temporaries)
-                u = img.reshape(-1).astype(np.uint32)
+                psum, psq, npix = pixel_sums(img)
                 recf.write(json.dumps({"t": "f", "i": i, "f": seq, "key": key, "off": off, "len": len(data),
                                        "xh": pixel_hash(img), "ph": ph, "meta": meta,
-                                       "s": int(u.sum(dtype=np.uint64)) / 255.0,
-                                       "ss": int(np.square(u).sum(dtype=np.uint64)) / 65025.0,
-                                       "n": int(u.size)}) + "\n")
+                                       "s": psum, "ss": psq, "n": npix}) + "\n")
         except InputRejected as e:
             # all frames yielded before the failure are kept; the input is reported either way
             self._reject(rej, spec.name, rel, None if nframes == 0 else nframes, e.reason,
@@ -292,20 +293,27 @@ class _Extractor:
         return nframes
 
 
-class _one_cv2_thread:
+@contextmanager
+def one_cv2_thread() -> Iterator[None]:
     """OpenCV single-threaded for the block. The extract loop's parallelism is one process per
     worker; OpenCV's own thread pool on top of it (one thread per core, per worker) oversubscribes
     the cores and costs more in spin-up and contention than it gives on frame-sized calls:
     measured on 2 cores, 2 workers took 3.5 s with it and 1.5 s without (1 worker: 2.3 s vs 2.1 s).
     Set in the PARENT around the fork: cv2.setNumThreads in a forked child joins pool threads
     that only exist in the parent, and hangs."""
+    n = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(n)
 
-    def __enter__(self):
-        self.n = cv2.getNumThreads()
-        cv2.setNumThreads(1)
 
-    def __exit__(self, *exc):
-        cv2.setNumThreads(self.n)
+def pixel_sums(img: np.ndarray) -> tuple[float, float, int]:
+    """(sum, sum of squares, count) of an (h, w) uint8 frame's pixels scaled to [0, 1], for the
+    manifest's mean/std; summed as exact integers (no BLAS threads, no float temporaries)."""
+    u = img.reshape(-1).astype(np.uint32)
+    return int(u.sum(dtype=np.uint64)) / 255.0, int(np.square(u).sum(dtype=np.uint64)) / 65025.0, int(u.size)
 
 
 def _extract_worker(cfg, work, part, offsets, done, counter):
@@ -330,26 +338,23 @@ def extract(cfg: BuildConfig, work: Path, workers: int, n_inputs: int, progress:
         bar.set_postfix_str(f"{counter[2]} frames, {counter[2] / max(time.time() - t0, 1e-6):.0f} frames/s")
         bar.refresh()
 
-    if workers == 1:
-        with _one_cv2_thread():
+    with one_cv2_thread():  # forked workers inherit it
+        if workers == 1:
             _Extractor(cfg, work, f"r{run}w0", offsets, done, counter).run()
-        tick()
-        bar.close()
-        return
-    with _one_cv2_thread():  # the forked workers inherit it
-        procs = [ctx.Process(target=_extract_worker, args=(cfg, work, f"r{run}w{w}", offsets, done, counter),
-                             daemon=True) for w in range(workers)]
-        for p in procs:
-            p.start()
-        while alive := [p.sentinel for p in procs if p.is_alive()]:
-            tick()
-            mp_connection.wait(alive, timeout=0.5)  # returns as soon as a worker exits
-        for p in procs:
-            p.join()
-        bad = [w for w, p in enumerate(procs) if p.exitcode != 0]
-        if bad:
-            raise BuildError(f"extract worker(s) {bad} died (exit codes "
-                             f"{[procs[w].exitcode for w in bad]}); re-run to resume")
+        else:
+            procs = [ctx.Process(target=_extract_worker, args=(cfg, work, f"r{run}w{w}", offsets, done, counter),
+                                 daemon=True) for w in range(workers)]
+            for p in procs:
+                p.start()
+            while alive := [p.sentinel for p in procs if p.is_alive()]:
+                tick()
+                mp_connection.wait(alive, timeout=0.5)  # returns as soon as a worker exits
+            for p in procs:
+                p.join()
+            bad = [w for w, p in enumerate(procs) if p.exitcode != 0]
+            if bad:
+                raise BuildError(f"extract worker(s) {bad} died (exit codes "
+                                 f"{[procs[w].exitcode for w in bad]}); re-run to resume")
     tick()
     bar.close()
 

@@ -97,9 +97,9 @@ def use_sdpa(attention: str, fused: bool, device: torch.device) -> bool:
     return attention == "sdpa" or device.type == "cuda"
 
 
-def attention_kernel(fused: bool) -> str:
-    """Describes the attention kernel; ``fused``: SDPA is on (see :func:`use_sdpa`)."""
-    if not fused:
+def attention_kernel(sdpa: bool) -> str:
+    """Describes the attention kernel; ``sdpa``: SDPA is on (see :func:`use_sdpa`)."""
+    if not sdpa:
         return "eager softmax(QK^T)V"
     if torch.cuda.is_available():
         from torch.backends.cuda import flash_sdp_enabled, mem_efficient_sdp_enabled

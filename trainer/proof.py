@@ -92,9 +92,8 @@ def load_task(csv_path: str | Path, curate: bool = True):
 def check_held_out(shards: str | Path, dataset: str) -> dict:
     """Asserts that ``dataset`` was kept out of pretraining by ``usf-shard build --holdout``: the
     manifest marks it held out, and no train/val sample comes from it. Returns its manifest entry."""
-    import tarfile
-
     from sharder.manifest import Manifest
+    from sharder.shards import iter_shard
 
     man = Manifest.load(shards)
     entry = man.data.get("datasets", {}).get(dataset)
@@ -102,12 +101,9 @@ def check_held_out(shards: str | Path, dataset: str) -> dict:
         raise AssertionError(f"{shards}: dataset {dataset!r} is not marked held out in the manifest")
     for split in ("train", "val"):
         for tar in man.shards(split):
-            with tarfile.open(tar) as tf:
-                for m in tf:
-                    if m.name.endswith(".json"):
-                        meta = json.loads(tf.extractfile(m).read())
-                        if meta.get("dataset") == dataset:
-                            raise AssertionError(f"{tar.name}: {m.name} comes from held-out {dataset!r}")
+            for key, members in iter_shard(tar):
+                if "json" in members and json.loads(members["json"]).get("dataset") == dataset:
+                    raise AssertionError(f"{tar.name}: {key}.json comes from held-out {dataset!r}")
     return entry
 
 
