@@ -1,5 +1,6 @@
 """DALI fine-tune pipelines and their loader object (design §2 fine-tune batch):
-``{"image": Tensor[B, C, img_size, img_size], "label": LongTensor[B]}``, float32 on CPU,
+``{"image": Tensor[B, C, img_size, img_size], "label": LongTensor[B], "index": LongTensor[B]}``
+(``index``: the record each sample came from), float32 on CPU,
 bf16 on GPU (the pipeline emits fp16, cast by torch).
 
     train:  fn.readers.file(files, labels) -> fn.decoders.image_random_crop (GRAY; nvJPEG/mixed on
@@ -81,6 +82,8 @@ class FinetuneOptions:
     std: tuple[float, ...] = (0.226,)
     drop_last: bool = False
     prefetch: int = 2
+    rank: int = 0  # this process's share of the records (see train_plan / eval_plan)
+    world_size: int = 1
     gpu_dtype: torch.dtype = torch.bfloat16  # image dtype of GPU batches
 
     @classmethod
@@ -104,6 +107,65 @@ class FinetuneOptions:
             raise ValueError(f"{len(self.mean)} mean / {len(self.std)} std values for {self.in_chans} channels")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        check_rank(self.rank, self.world_size)
+
+
+# ---------------------------------------------------------------------------- sample plan (both loaders)
+# The torch loader (trainer.finetune_data) uses these too, so the two loaders read the same
+# records in the same order on every rank.
+
+def global_order(n: int, *, seed: int, epoch: int, shuffle: bool, weights: np.ndarray | None = None) -> np.ndarray:
+    """Record indices of one epoch over all ranks, a function of (seed, epoch) only: ``n`` draws
+    with replacement in proportion to ``weights`` (class-balanced sampling), a permutation
+    (``shuffle``), or ``0..n-1``."""
+    if weights is None and not shuffle:
+        return np.arange(n)
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch, 0x5EED])
+    if weights is not None:
+        return rng.choice(n, size=n, replace=True, p=weights)
+    return rng.permutation(n)
+
+
+def train_steps(n: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+    """Steps per epoch, the same on every rank: global batches of ``batch_size x world_size``,
+    the last partial one dropped (``drop_last``) or kept."""
+    g = batch_size * world_size
+    return n // g if drop_last else -(-n // g)
+
+
+def train_plan(order: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1,
+               drop_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's share of a training epoch: (record indices, their positions in the global order).
+
+    Global batch k is ``order[k*G:(k+1)*G]`` with ``G = batch_size * world_size``, and rank r
+    takes its r-th ``batch_size`` slice of it. So W ranks at batch b see exactly the global
+    batches one rank sees at batch W*b (DDP averages the per-rank mean gradients into the global
+    mean), and every rank runs :func:`train_steps` steps: never a rank waiting in an all-reduce
+    another rank will not enter. A partial last global batch (no ``drop_last``) is completed by
+    wrapping to the start of the order when W > 1, as ``DistributedSampler`` pads, so no rank
+    gets an empty or short batch; one rank keeps a short last batch. Positions (0.. in the global
+    order, padding continuing past n) seed each sample's augmentation, which therefore does not
+    depend on the rank count either."""
+    n = len(order)
+    steps = train_steps(n, batch_size, world_size, drop_last)
+    if world_size == 1:
+        pos = np.arange(min(n, steps * batch_size))
+    else:
+        pos = np.arange(steps * batch_size * world_size).reshape(steps, world_size, batch_size)[:, rank].reshape(-1)
+    return np.asarray(order)[pos % max(n, 1)], pos
+
+
+def eval_plan(n: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """This rank's records of an evaluation pass: a contiguous chunk, the chunks of ranks 0..W-1
+    concatenated being ``0..n-1`` — every record exactly once, no padding duplicates (sizes may
+    differ by one; a rank may get none). Evaluation runs no collective per batch, so uneven
+    counts cannot hang."""
+    return np.array_split(np.arange(n), world_size)[rank]
+
+
+def check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
 
 
 # ---------------------------------------------------------------------------- file checks
@@ -227,9 +289,15 @@ class DaliFinetuneLoader:
     """Loader contract (design §2): ``__iter__`` (the rest of the current epoch), ``__len__``,
     ``state_dict``, ``load_state_dict``, plus ``set_epoch`` like the torch loader.
 
-    records: objects with ``path`` and ``label`` (``trainer.downstream.Record``).
+    records: objects with ``path`` and ``label`` (``trainer.downstream.Record``), all ranks' records.
     sample_weights: per-record weights; each epoch then draws ``len(records)`` records with
-    replacement (class-balanced sampling). Only with ``opts.shuffle`` (train)."""
+    replacement (class-balanced sampling). Only with ``opts.shuffle`` (train).
+
+    With ``opts.world_size`` > 1 this rank reads its share (:func:`train_plan`: its slice of
+    every global batch, the same step count on every rank; :func:`eval_plan`: a contiguous chunk,
+    every record on exactly one rank, ``indices`` naming them). The plan is made here in Python
+    rather than by the reader's ``shard_id``/``num_shards``, whose contiguous shards of a fixed
+    file list could neither be re-drawn per epoch nor give W ranks the global batches of one."""
 
     def __init__(self, records: Sequence, opts: FinetuneOptions, sample_weights: np.ndarray | None = None):
         opts.check()
@@ -254,11 +322,17 @@ class DaliFinetuneLoader:
             self.weights = w / w.sum()
         self.static = not opts.shuffle and self.weights is None  # the same order every epoch
         self.gpu = resolve_device(opts) == "gpu"
-        bs = opts.batch_size
-        self.batches_per_epoch = self.n // bs if opts.drop_last else math.ceil(self.n / bs)
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"{self.n} records < batch size {bs} with drop_last")
-        self.reader_batches = math.ceil(self.n / bs)  # batches of one padded reader pass
+        bs, rank, world = opts.batch_size, opts.rank, opts.world_size
+        self.indices = eval_plan(self.n, rank, world) if self.static else None  # this rank's eval records
+        if self.static:
+            self.epoch_len = len(self.indices)
+            self.batches_per_epoch = self.epoch_len // bs if opts.drop_last else math.ceil(self.epoch_len / bs)
+        else:
+            self.batches_per_epoch = train_steps(self.n, bs, world, opts.drop_last)
+            self.epoch_len = len(train_plan(np.arange(self.n), bs, rank, world, opts.drop_last)[0])
+        if self.batches_per_epoch == 0 and not (self.static and self.epoch_len == 0):
+            raise ValueError(f"{self.n} records < batch size {bs} x {world} rank(s) with drop_last")
+        self.reader_batches = math.ceil(self.epoch_len / bs)  # batches of one padded reader pass
         self.epoch, self.batch_in_epoch = 0, 0
         self._pipe = None
         self._order: np.ndarray | None = None
@@ -266,13 +340,12 @@ class DaliFinetuneLoader:
 
     # -- epoch plan
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """Record indices read in ``epoch``, in order (a function of (seed, epoch) only)."""
+        """Record indices this rank reads in ``epoch``, in order (a function of (seed, epoch, rank))."""
         if self.static:
-            return np.arange(self.n)
-        rng = np.random.default_rng([self.opts.seed & 0xFFFFFFFF, epoch, 0x5EED])
-        if self.weights is not None:
-            return rng.choice(self.n, size=self.n, replace=True, p=self.weights)
-        return rng.permutation(self.n)
+            return self.indices
+        o = self.opts
+        order = global_order(self.n, seed=o.seed, epoch=epoch, shuffle=True, weights=self.weights)
+        return train_plan(order, o.batch_size, o.rank, o.world_size, o.drop_last)[0]
 
     def _pipeline(self):
         if self._pipe is None:
@@ -280,7 +353,9 @@ class DaliFinetuneLoader:
             self._order = self.epoch_order(ep)
             files = [self.files[i] for i in self._order]
             labels = [self.labels[i] for i in self._order]
-            seed = _pipeline_seed(self.opts.seed, ep, 104_729)
+            # rank 0 keeps the seed a single-rank run always had; other ranks draw their own
+            extra = (self.opts.rank,) if self.opts.rank else ()
+            seed = _pipeline_seed(self.opts.seed, ep, 104_729, *extra)
             self._pipe = build_finetune_pipeline(files, labels, self.opts, seed, self._ckpt)
             self._ckpt = None
         return self._pipe
@@ -326,13 +401,15 @@ class DaliFinetuneLoader:
         bs = self.opts.batch_size
         while self.batch_in_epoch < self.batches_per_epoch:
             img, label = self._run()
-            valid = min(bs, self.n - self.batch_in_epoch * bs)
+            valid = min(bs, self.epoch_len - self.batch_in_epoch * bs)
             image = _to_torch(img, self.gpu)[:valid]
             if self.gpu:
                 image = image.to(self.opts.gpu_dtype)
             lab = torch.from_numpy(np.array(label.as_tensor()).reshape(-1).astype(np.int64))[:valid]
+            k0 = self.batch_in_epoch * bs
+            index = torch.from_numpy(np.asarray(self._order[k0:k0 + valid], dtype=np.int64))
             self.batch_in_epoch += 1
-            yield {"image": image, "label": lab}
+            yield {"image": image, "label": lab, "index": index}
         self._finish_epoch()
 
     def state_dict(self) -> dict:
@@ -344,13 +421,15 @@ class DaliFinetuneLoader:
             ck = ck.decode("latin1")
         return {"kind": "dali_finetune", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "seed": self.opts.seed, "n": self.n, "batch_size": self.opts.batch_size,
+                "rank": self.opts.rank, "world_size": self.opts.world_size,
                 "dali_checkpoint": None if ck is None else base64.b64encode(ck.encode("latin1")).decode()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "dali_finetune":
             raise ValueError(f"loader state is from a {state.get('kind', 'torch')!r} loader, not dali_finetune")
-        mine = {"seed": self.opts.seed, "n": self.n, "batch_size": self.opts.batch_size}
-        theirs = {k: state.get(k) for k in mine}
+        mine = {"seed": self.opts.seed, "n": self.n, "batch_size": self.opts.batch_size,
+                "rank": self.opts.rank, "world_size": self.opts.world_size}
+        theirs = {k: state.get(k, 0 if k == "rank" else 1 if k == "world_size" else None) for k in mine}
         if theirs != mine:
             raise ValueError(f"loader state was saved with {theirs}, this loader has {mine}")
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
@@ -362,7 +441,8 @@ class DaliFinetuneLoader:
 def build_finetune_loader(records: Sequence, *, train: bool, batch_size: int, tcfg, mode: str | None = None,
                           seed: int = 0, workers: int = 0, sample_weights: np.ndarray | None = None,
                           drop_last: bool = False, device: str = "auto", device_id: int | None = None,
-                          prefetch: int = 2, gpu_dtype: torch.dtype = torch.bfloat16) -> DaliFinetuneLoader:
+                          prefetch: int = 2, gpu_dtype: torch.dtype = torch.bfloat16, rank: int = 0,
+                          world_size: int = 1) -> DaliFinetuneLoader:
     """The DALI loader for ``trainer.finetune_data.build_finetune_loader(..., loader="dali")``: the
     same keywords, plus the DALI-only ``device`` ("auto" | "cpu" | "gpu"), ``device_id``,
     ``prefetch`` and ``gpu_dtype`` (image dtype of GPU batches; CPU batches are float32).
@@ -370,13 +450,14 @@ def build_finetune_loader(records: Sequence, *, train: bool, batch_size: int, tc
     tcfg: ``trainer.finetune_data.TransformConfig`` (img_size, in_chans, mean/std, crop_min,
     rotate_deg, randaug_ops/magnitude, reprob, crop_pct). mode: train | probe | eval (default by
     ``train``). workers: DALI CPU threads (at least 1). sample_weights: train only (ignored for
-    eval, like the torch loader)."""
+    eval, like the torch loader). rank, world_size: this process's share (see the loader)."""
     mode = mode or ("train" if train else "eval")
     opts = FinetuneOptions.from_transform(tcfg, mode=mode, train=train, batch_size=batch_size, seed=seed,
                                           workers=workers, drop_last=drop_last, device=device,
-                                          device_id=device_id, prefetch=prefetch, gpu_dtype=gpu_dtype)
+                                          device_id=device_id, prefetch=prefetch, gpu_dtype=gpu_dtype,
+                                          rank=rank, world_size=world_size)
     return DaliFinetuneLoader(records, opts, sample_weights if train else None)
 
 
 __all__ = ["DaliFinetuneLoader", "FinetuneOptions", "build_finetune_loader", "build_finetune_pipeline",
-           "check_image_files", "image_format"]
+           "check_image_files", "eval_plan", "global_order", "image_format", "train_plan", "train_steps"]

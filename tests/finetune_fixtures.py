@@ -5,7 +5,8 @@ whose look depends on the label — class 0 a smooth round dark disc with poster
 (cyst-like), class 1 an irregular, spiculated dark blob casting an acoustic shadow. For more
 classes the lesion size and echo level vary with the label as well.
 
-Used by tests/test_downstream.py, tests/test_finetune.py (not a test module itself).
+Used by tests/test_downstream.py, tests/test_finetune.py, tests/test_dali_finetune.py and
+tests/test_finetune_ddp.py (not a test module itself).
 """
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is many times faster than two
+    contending ones. Restored afterwards so other test modules keep their setting. A test
+    module turns it on by importing it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 # ---------------------------------------------------------------------------- phantom frames
 

@@ -21,8 +21,10 @@ from trainer.finetune_data import TransformConfig, build_transform, class_balanc
 
 try:
     from finetune_fixtures import lesion_image, make_export
+    from finetune_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 except ImportError:  # tests/ imported as a package
     from tests.finetune_fixtures import lesion_image, make_export
+    from tests.finetune_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 N, SIZE = 24, 32
 MEAN, STD = 0.3, 0.2
@@ -31,14 +33,6 @@ MEAN, STD = 0.3, 0.2
 def level(i: int) -> int:
     """Gray level of file i: class 0 (even i) 30..76, class 1 (odd i) 172..218; 4 levels apart."""
     return 30 + 2 * i if i % 2 == 0 else 170 + 2 * i
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

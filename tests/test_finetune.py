@@ -21,22 +21,14 @@ from trainer.lr_decay import param_groups_lrd, param_groups_weight_decay
 
 try:
     from finetune_fixtures import lesion_image, make_busbra, make_export, make_gist, make_mmotu
+    from finetune_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 except ImportError:  # tests/ imported as a package
     from tests.finetune_fixtures import lesion_image, make_busbra, make_export, make_gist, make_mmotu
+    from tests.finetune_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress",
         "--lr", "1e-3"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is many times faster than two
-    contending ones. Restored afterwards so other test modules keep their setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from trainer import metrics as M
 from trainer.downstream import TASKS, DatasetFormatError, Record, Split, TaskData, group_split, load_task
+from trainer.finetune_ckpt import FinetuneCheckpoints, rng_state, set_rng_state
 from trainer.finetune_data import (
     GRAY_MEAN,
     GRAY_STD,
@@ -55,7 +56,10 @@ from trainer.finetune_data import (
     dali_module,
     class_balanced_weights,
 )
+from trainer.finetune_dist import DistContext, dist_context, is_main_process, shutdown
 from trainer.lr_decay import param_groups_lrd, param_groups_weight_decay
+from trainer.precision import PRECISIONS, resolve_precision
+from trainer.weights import DECODER_PREFIXES, Norm, load_into_vit, read_state_dict, read_weights
 
 log = logging.getLogger("trainer.finetune")
 
@@ -114,10 +118,16 @@ class FinetuneConfig:
     workers: int = 4
     # runtime
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: this rank's GPU, cuda:LOCAL_RANK)
+    # auto: bf16 where the GPU/CPU runs it natively, else fp32 (trainer.precision); saved resolved
+    precision: str = "auto"
     save_model: bool = False  # write the selected weights as model_best.safetensors
     progress: bool = True  # tqdm bars
+    # checkpoints (need output_dir): OUTPUT_DIR[/<split>]/checkpoints, see trainer.finetune_ckpt
+    save_every: int = 0  # epochs between checkpoints (0: none; the CLI default is 1)
+    save_every_steps: int = 0  # also every N steps within an epoch (0: only at epoch ends)
+    keep_checkpoints: int = 1  # newest checkpoints kept
+    resume: str | None = None  # auto (latest checkpoint, else a fresh start) | a checkpoint dir | None
 
 
 # ============================================================================ models
@@ -138,17 +148,9 @@ class ModelBundle:
 
 
 def read_encoder_config(export_dir: str | Path) -> dict:
-    """config.json of an export (design §3), checked for the keys this module uses."""
-    path = Path(export_dir) / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read encoder config ({e})") from e
-    missing = [k for k in ("timm_name", "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
-               if k not in cfg]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
-    return cfg
+    """The encoder config (timm name, shape, mean/std) of an export or any weights
+    ``trainer.weights`` reads; a ``ValueError`` names the file when it cannot."""
+    return read_weights(export_dir).encoder_config()
 
 
 def resolve_init(init: str | Path, work_dir: str | Path | None = None) -> Path:
@@ -157,8 +159,10 @@ def resolve_init(init: str | Path, work_dir: str | Path | None = None) -> Path:
     p = Path(init).expanduser()
     if p.is_file() and (p.parent / "config.json").is_file():
         return p.parent
+    if p.is_file():  # a weights file (USF-MAE release, facebookresearch/mae .pth, timm): trainer.weights
+        return p
     if not p.is_dir():
-        raise FileNotFoundError(f"--init {p}: no such export or checkpoint directory")
+        raise FileNotFoundError(f"--init {p}: no such weights file, export or checkpoint directory")
     if (p / "config.json").is_file():
         return p
     try:
@@ -176,24 +180,7 @@ def resolve_init(init: str | Path, work_dir: str | Path | None = None) -> Path:
 def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from safetensors or a torch file loaded with ``weights_only=True`` (never unpickled
     objects); unwraps ``{"model": ...}``/``{"state_dict": ...}`` and strips ``module.`` prefixes."""
-    path = Path(path).expanduser()
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict", "model_state", "module"):
-            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-                sd = sd[key]
-    if not isinstance(sd, dict):
-        raise TypeError(f"{path}: not a state dict")
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "model."):
-            k = k.removeprefix(prefix)
-        out[k] = v
-    return out
+    return read_state_dict(path)
 
 
 def _adapt_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -253,7 +240,8 @@ def load_encoder(init: str | Path | None, num_classes: int, *, drop_path: float 
         enc = {"timm_name": arch or DEFAULT_ARCH, "in_chans": 1, "source": "random init"}
     else:
         export = resolve_init(init, work_dir)
-        enc = {**read_encoder_config(export), "source": str(export)}
+        weights = read_weights(export)
+        enc = {**weights.encoder_config(), "source": str(export)}
     chans = int(in_chans or enc["in_chans"])
     arch_kw = {k: enc[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if k in enc}
     size = img_size or enc.get("img_size")
@@ -267,19 +255,8 @@ def load_encoder(init: str | Path | None, num_classes: int, *, drop_path: float 
     enc.update(img_size=int(model.patch_embed.img_size[0]), patch_size=int(model.patch_embed.patch_size[0]),
                in_chans=chans, embed_dim=int(model.embed_dim), depth=len(model.blocks),
                num_heads=int(model.blocks[0].attn.num_heads))
-    if export is not None:
-        from safetensors.torch import load_file
-
-        wfile = export / "model.safetensors"
-        if not wfile.is_file():
-            raise FileNotFoundError(f"{wfile}: missing")
-        sd = _adapt_state_dict(model, load_file(str(wfile)))
-        res = model.load_state_dict(sd, strict=False)
-        bad_missing = [k for k in res.missing_keys if not k.startswith(("head.", "fc_norm."))]
-        bad_unexpected = [k for k in res.unexpected_keys if not k.startswith("norm.")]
-        if bad_missing or bad_unexpected:
-            raise ValueError(f"{wfile}: does not match {enc['timm_name']} (missing {bad_missing[:6]}, "
-                             f"unexpected {bad_unexpected[:6]})")
+    if export is not None:  # pos_embed resized, channels and normalisation converted, all logged
+        load_into_vit(model, weights, Norm.of(weights.norm.mean, weights.norm.std, chans))
     if isinstance(model.head, nn.Linear):  # MAE: tiny head init so early steps keep the features
         trunc_normal_(model.head.weight, std=head_init_std)
         nn.init.zeros_(model.head.bias)
@@ -297,6 +274,7 @@ def load_baseline(name: str, num_classes: int, *, ckpt: str | Path | None = None
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kw)
     if ckpt:
         sd = _adapt_state_dict(model, _read_state_dict(ckpt))
+        sd = {k: v for k, v in sd.items() if not k.startswith(DECODER_PREFIXES)}  # an MAE's decoder
         own = model.state_dict()
         clf = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
         sd = {k: v for k, v in sd.items() if not (k.startswith(clf + ".") and k in own and v.shape != own[k].shape)}
@@ -357,12 +335,15 @@ def build_model(cfg: FinetuneConfig, num_classes: int, work_dir: str | Path | No
 
 # ============================================================================ optimisation
 
-def resolve_config(cfg: FinetuneConfig, bundle: ModelBundle | None = None) -> FinetuneConfig:
-    """Copy of ``cfg`` with mode-dependent defaults and the model's size/channels filled in."""
+def resolve_config(cfg: FinetuneConfig, bundle: ModelBundle | None = None, world_size: int = 1) -> FinetuneConfig:
+    """Copy of ``cfg`` with mode-dependent defaults and the model's size/channels filled in.
+
+    ``batch_size`` is per rank (MAE's convention); the default lr scales with the global batch
+    ``batch_size x world_size``, so N ranks at batch b train like one rank at batch N*b."""
     c = copy.deepcopy(cfg)
     probe = c.linear_probe
     c.blr = c.blr if c.blr is not None else (PROBE_BLR if probe else FT_BLR)
-    c.lr = c.lr if c.lr is not None else c.blr * c.batch_size / 256
+    c.lr = c.lr if c.lr is not None else c.blr * c.batch_size * world_size / 256
     c.weight_decay = c.weight_decay if c.weight_decay is not None else (0.0 if probe else 0.05)
     c.label_smoothing = c.label_smoothing if c.label_smoothing is not None else (0.0 if probe else 0.1)
     if probe:
@@ -428,8 +409,10 @@ def seed_everything(seed: int) -> None:
 # ============================================================================ engine
 
 def _autocast(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    """bf16 autocast when ``precision`` (resolved, or ``auto`` resolved here) is bf16."""
+    if precision == "auto":
+        precision = resolve_precision("auto", device)[0]
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _set_train_mode(model: nn.Module) -> None:
@@ -440,22 +423,40 @@ def _set_train_mode(model: nn.Module) -> None:
         model.train()
 
 
+@dataclass
+class EpochTotals:
+    """Running sums of a training epoch on this rank (kept in checkpoints taken mid-epoch)."""
+
+    loss_sum: float = 0.0
+    seen: int = 0
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, epoch: int,
-                    device: torch.device, num_classes: int, mixup_fn=None, class_weight: torch.Tensor | None = None
-                    ) -> dict:
+                    device: torch.device, num_classes: int, mixup_fn=None, class_weight: torch.Tensor | None = None,
+                    *, start_step: int = 0, totals: EpochTotals | None = None, ctx: DistContext | None = None,
+                    after_step=None) -> dict:
     """One pass over ``loader`` (batches ``{"image": (B, C, H, W), "label": (B,)}``); lr set per step.
 
-    Returns ``{"loss", "lr"}``. The loss is accumulated on device and read once per epoch
-    (no host sync per step)."""
-    _set_train_mode(model)
+    model: the module to train (DDP-wrapped when there are several ranks; ``_set_train_mode``
+    looks through the wrapper). start_step: steps of this epoch already done (a resumed loader
+    yields the rest; the lr schedule continues from there). totals: the epoch's running loss sum,
+    continued from a checkpoint. after_step(step_done, totals): called after every step (mid-epoch
+    checkpoints). Returns ``{"loss", "lr", "steps"}``: the mean loss over all ranks' samples.
+    The loss is accumulated on device and read once per epoch (no host sync per step)."""
+    ctx = ctx or DistContext(device=device)
+    _set_train_mode(getattr(model, "module", model))
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     n = max(len(loader), 1)
+    totals = totals or EpochTotals()
     total = torch.zeros((), device=device)
     seen = 0
     lr = cfg.lr
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    for i, batch in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not cfg.progress)):
+    i = start_step
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not (cfg.progress and ctx.is_main),
+               initial=start_step, total=n)
+    for i, batch in enumerate(bar, start=start_step):
         lr = lr_at(epoch + i / n, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
@@ -469,35 +470,66 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             logits = model(x)
         loss = soft_cross_entropy(logits, target, class_weight)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP: gradients are averaged over the ranks here
         if cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
         optimizer.step()
         total += loss.detach() * x.shape[0]
         seen += x.shape[0]
-    mean_loss = float(total) / max(seen, 1)
+        if after_step is not None:
+            after_step(i + 1, EpochTotals(totals.loss_sum + float(total), totals.seen + seen))
+    loss_sum, count = ctx.sum([totals.loss_sum + float(total), float(totals.seen + seen)])
+    mean_loss = loss_sum / max(count, 1.0)
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"training loss is {mean_loss} in epoch {epoch + 1}; lower --lr/--blr")
-    return {"loss": mean_loss, "lr": lr}
+    return {"loss": mean_loss, "lr": lr, "steps": len(loader)}
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, precision: str = "auto",
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Probabilities (N, K) float32, labels (N,) int64 and mean cross-entropy over ``loader``."""
+def predict(model: nn.Module, loader, device: torch.device, precision: str = "auto", progress: bool = False,
+            num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """This rank's predictions over ``loader``: probabilities (N, K) float32, labels (N,) int64,
+    the summed cross-entropy, and the record indices (N,) int64 the batches carried (0..N-1 when
+    a loader carries none). ``num_classes`` shapes the empty result of a rank with no records."""
     model.eval()
-    probs, labels = [], []
-    loss_sum, n = torch.zeros((), device=device), 0
+    probs, labels, index = [], [], []
+    loss_sum = torch.zeros((), device=device)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
         with _autocast(device, precision):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        n += y.shape[0]
         probs.append(torch.softmax(logits, dim=-1).cpu())
         labels.append(y.cpu())
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), float(loss_sum) / max(n, 1)
+        index.append(batch["index"].cpu() if "index" in batch else None)
+    if not probs:
+        return np.zeros((0, num_classes or 0), np.float32), np.zeros(0, np.int64), 0.0, np.zeros(0, np.int64)
+    y = torch.cat(labels).numpy()
+    idx = torch.cat(index).numpy() if all(t is not None for t in index) else np.arange(len(y))
+    return torch.cat(probs).numpy(), y, float(loss_sum), idx
+
+
+def evaluate(model: nn.Module, loader, n_records: int, cfg: FinetuneConfig, device: torch.device, ctx: DistContext,
+             num_classes: int, what: str) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Every rank predicts its share of a set of ``n_records``; rank 0 gets (probs (N, K), labels
+    (N,), mean loss) in record order and checks that each record was predicted exactly once
+    (other ranks get None). Runs the unwrapped model: no collective per batch, so ranks with
+    uneven shares cannot hang."""
+    probs, y, loss_sum, idx = predict(model, loader, device, cfg.precision, num_classes=num_classes)
+    parts = ctx.gather((idx, probs, y, loss_sum))
+    if parts is None:
+        return None
+    idx = np.concatenate([p[0] for p in parts])
+    counts = np.bincount(idx, minlength=n_records) if len(idx) else np.zeros(n_records, np.int64)
+    if len(counts) != n_records or not np.all(counts == 1):
+        bad = np.flatnonzero(counts != 1)[:8].tolist()
+        raise RuntimeError(f"{what}: {len(idx)} predictions over {ctx.world_size} rank(s) for {n_records} records; "
+                           f"records {bad} were not predicted exactly once")
+    order = np.argsort(idx, kind="stable")
+    probs = np.concatenate([p[1] for p in parts])[order]
+    y = np.concatenate([p[2] for p in parts])[order]
+    return probs, y, sum(p[3] for p in parts) / max(n_records, 1)
 
 
 def _score(metric: str, m: dict, loss: float) -> float:
@@ -507,23 +539,62 @@ def _score(metric: str, m: dict, loss: float) -> float:
     return -math.inf if v is None else float(v)
 
 
+def _fingerprint(cfg: FinetuneConfig, ctx: DistContext) -> dict:
+    """The settings a checkpoint must agree on to be resumed (not paths, progress or I/O knobs)."""
+    skip = {"resume", "output_dir", "progress", "workers", "save_every", "save_every_steps", "keep_checkpoints",
+            "save_model", "data_root", "device"}
+    return {**{k: v for k, v in asdict(cfg).items() if k not in skip}, "world_size": ctx.world_size}
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}
+
+
+def _wrap_ddp(model: nn.Module, cfg: FinetuneConfig, ctx: DistContext) -> nn.Module:
+    """The module the training step calls: ``model`` itself on one rank, DDP around it on several
+    (parameters and buffers broadcast from rank 0 at construction, gradients all-reduced in
+    buckets overlapping backward). The linear probe's BatchNorm becomes SyncBatchNorm on GPUs;
+    on CPU (gloo) torch has no SyncBatchNorm, so each rank normalises with its own batch
+    statistics and DDP keeps rank 0's running statistics on all ranks."""
+    if not ctx.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if cfg.linear_probe and ctx.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+               gradient_as_bucket_view=True)
+
+
 def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Sequence[Record], class_names: list[str],
                      cfg: FinetuneConfig, out_dir: Path | None = None, meta: dict | None = None) -> dict:
     """Train on ``train``, select the epoch on ``val`` (last epoch if empty), score on ``test``.
 
-    Writes the run's files into ``out_dir`` when given. Returns the results dict; the test
+    Under torchrun every rank calls this with the same arguments: each trains on its share of
+    every global batch (DDP), evaluates its share of val/test, and rank 0 gathers the
+    predictions, computes the metrics once and writes the run's files into ``out_dir``. With
+    ``cfg.save_every``/``save_every_steps`` checkpoints go to ``out_dir/checkpoints`` and
+    ``cfg.resume`` continues from one. Returns the results dict on every rank; the test
     predictions ride along under the private key ``_pred`` ((labels, probs) arrays) for pooling
     and are never written to results.json."""
     t0 = time.time()
     dali_module(cfg.loader)  # fail before any training if the asked-for loader is missing
-    seed_everything(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    ctx = dist_context(cfg.device)
+    device = ctx.device
+    requested_precision = cfg.precision
+    precision, why = resolve_precision(requested_precision, device)
+    if ctx.is_main:
+        log.info("precision %s (%s); %d rank(s)%s on %s", precision, why, ctx.world_size,
+                 f" ({ctx.backend})" if ctx.distributed else "", device)
+    seed_everything(cfg.seed + ctx.rank)  # rank 0 draws what a one-rank run draws; DDP broadcasts its weights
     k = len(class_names)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    bundle = build_model(cfg, k, work_dir=out_dir)
-    cfg = resolve_config(cfg, bundle)
+    main_dir = out_dir if ctx.is_main else None  # only rank 0 writes the run's files
+    if main_dir is not None:
+        main_dir.mkdir(parents=True, exist_ok=True)
+    with ctx.main_first():  # e.g. exporting a checkpoint --init once, then reading it on every rank
+        bundle = build_model(cfg, k, work_dir=out_dir)
+    cfg = resolve_config(cfg, bundle, world_size=ctx.world_size)
+    cfg.precision = precision
     model = bundle.model.to(device)
     tcfg = TransformConfig(img_size=bundle.img_size, in_chans=bundle.in_chans, mean=bundle.mean, std=bundle.std,
                            crop_min=cfg.crop_min, reprob=cfg.reprob, randaug_ops=cfg.randaug_ops,
@@ -533,13 +604,16 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
     sample_w = cw[np.asarray(labels)] if cfg.balanced == "sampler" else None
     class_weight = torch.tensor(cw, dtype=torch.float32, device=device) if cfg.balanced == "loss" else None
     common = {"batch_size": cfg.batch_size, "tcfg": tcfg, "loader": cfg.loader, "seed": cfg.seed,
-              "workers": cfg.workers, "device": device}
+              "workers": cfg.workers, "device": device, "rank": ctx.rank, "world_size": ctx.world_size}
     probe_mode = "probe" if cfg.probe_augment else "eval"
+    global_batch = cfg.batch_size * ctx.world_size
     train_loader = build_finetune_loader(train, train=True, mode=probe_mode if cfg.linear_probe else "train",
-                                         sample_weights=sample_w, drop_last=len(train) > cfg.batch_size, **common)
+                                         sample_weights=sample_w, drop_last=len(train) > global_batch, **common)
     val_loader = build_finetune_loader(val, train=False, **common) if val else None
     test_loader = build_finetune_loader(test, train=False, **common)
+    ctx.check_same(len(train_loader), "training steps per epoch")
     optimizer = build_optimizer(bundle, cfg, device)
+    step_model = _wrap_ddp(model, cfg, ctx)
     mixup_fn = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         from timm.data import Mixup
@@ -548,47 +622,101 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
                          num_classes=k)
 
     best = {"score": -math.inf, "epoch": cfg.epochs - 1, "val": None, "state": None}
-    if out_dir is not None:
-        (out_dir / "log.jsonl").write_text("")  # a rerun into the same dir starts a fresh log
-    bar = tqdm(range(cfg.epochs), desc=f"{cfg.task} {meta.get('split', '') if meta else ''}".strip(),
-               disable=not cfg.progress)
+    records: list[dict] = []  # log.jsonl
+    start_epoch, start_step, totals = 0, 0, EpochTotals()
+    ckpts = None
+    if out_dir is not None and (cfg.save_every > 0 or cfg.save_every_steps > 0 or cfg.resume):
+        ckpts = FinetuneCheckpoints(out_dir / "checkpoints", ctx, cfg.keep_checkpoints)
+    fingerprint = _fingerprint(cfg, ctx)
+    resume_from = ckpts.find(cfg.resume) if ckpts is not None else None
+    if resume_from is not None:
+        st, rank_st, best_w = ckpts.load(resume_from, model=model, optimizer=optimizer, fingerprint=fingerprint)
+        start_epoch, start_step = int(st["epoch"]), int(st["step"])
+        records = list(st["log"])
+        best.update(score=-math.inf if st["best_score"] is None else st["best_score"],
+                    epoch=cfg.epochs - 1 if st["best_epoch"] is None else st["best_epoch"], val=st["best_val"],
+                    state=best_w)
+        train_loader.load_state_dict(rank_st["loader"])
+        totals = EpochTotals(float(rank_st["loss_sum"]), int(rank_st["seen"]))
+        set_rng_state(rank_st["rng"])  # last: nothing after it draws before training continues
+        if ctx.is_main:
+            log.info("resumed from %s (epoch %d, step %d)", resume_from, start_epoch, start_step)
+    if main_dir is not None:  # a fresh run starts a fresh log; a resumed one its saved records
+        (main_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def save(epoch_done: int, step: int, tot: EpochTotals) -> None:
+        state = {"fingerprint": fingerprint, "log": records,
+                 "best_score": None if best["score"] == -math.inf else best["score"],
+                 "best_epoch": best["epoch"] if best["state"] is not None else None, "best_val": best["val"]}
+        rank_state = {"rng": rng_state(), "loader": train_loader.state_dict(), "loss_sum": tot.loss_sum,
+                      "seen": tot.seen}
+        ckpts.save(epoch_done, step, model=model, optimizer=optimizer, state=state, rank_state=rank_state,
+                   best_weights=best["state"])
+
+    def after_step(step: int, tot: EpochTotals, epoch: int) -> None:
+        if ckpts is not None and cfg.save_every_steps > 0 and step % cfg.save_every_steps == 0 \
+                and step < len(train_loader):
+            save(epoch, step, tot)
+
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.task} {meta.get('split', '') if meta else ''}".strip(),
+               disable=not (cfg.progress and ctx.is_main))
     for epoch in bar:
-        stats = train_one_epoch(model, train_loader, optimizer, cfg, epoch, device, k, mixup_fn, class_weight)
-        rec = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": stats["lr"]}
+        stats = train_one_epoch(step_model, train_loader, optimizer, cfg, epoch, device, k, mixup_fn, class_weight,
+                                start_step=start_step, totals=totals, ctx=ctx,
+                                after_step=lambda s, t, e=epoch: after_step(s, t, e))
+        start_step, totals = 0, EpochTotals()
+        rec = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": stats["lr"], "steps": stats["steps"]}
+        is_best, val_best = False, None
         if val_loader is not None:
-            vp, vy, vloss = predict(model, val_loader, device, cfg.precision)
-            vm = M.classification_metrics(vy, vp, class_names)
-            rec.update({"val_loss": vloss, **{f"val_{m}": vm[m] for m in M.HEADLINE}})
-            score = _score(cfg.select_metric, vm, vloss)
-            if score > best["score"]:  # strictly better: ties keep the earlier epoch
-                best.update(score=score, epoch=epoch, val={**{m: vm[m] for m in M.HEADLINE}, "loss": vloss},
-                            state={n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()})
+            res = evaluate(model, val_loader, len(val), cfg, device, ctx, k, "validation")
+            if res is not None:  # rank 0 scores; the decision goes to every rank
+                vp, vy, vloss = res
+                vm = M.classification_metrics(vy, vp, class_names)
+                rec.update({"val_loss": vloss, **{f"val_{m}": vm[m] for m in M.HEADLINE}})
+                score = _score(cfg.select_metric, vm, vloss)
+                is_best = score > best["score"]  # strictly better: ties keep the earlier epoch
+                val_best = (score, {**{m: vm[m] for m in M.HEADLINE}, "loss": vloss})
+            rec, is_best, val_best = ctx.broadcast((rec, is_best, val_best if is_best else None))
+            if is_best:
+                best.update(score=val_best[0], epoch=epoch, val=val_best[1], state=_cpu_state(model))
+        records.append(rec)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", **({"val_f1": f"{rec['val_f1']:.3f}"} if "val_f1" in rec else {}))
-        if out_dir is not None:
-            with (out_dir / "log.jsonl").open("a") as fh:
+        if main_dir is not None:
+            with (main_dir / "log.jsonl").open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
+        if ckpts is not None and (epoch + 1 == cfg.epochs or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0)):
+            save(epoch + 1, 0, EpochTotals())
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    probs, y, test_loss = predict(model, test_loader, device, cfg.precision)
-    res = M.classification_metrics(y, probs, class_names)
-    spec = TASKS.get(cfg.task)
-    results = {
-        "task": cfg.task, "title": spec.title if spec else cfg.task, **(meta or {}),
-        "mode": "linear_probe" if cfg.linear_probe else "finetune", "model": bundle.name,
-        "class_names": list(class_names), "n_train": len(train), "n_val": len(val), "n_test": len(test),
-        **res, "test_loss": test_loss, "best_epoch": best["epoch"] + 1,
-        "selected_by": f"val {cfg.select_metric}" if val else "last epoch", "val": best["val"],
-        "paper": paper_figures(cfg.task), "elapsed_s": round(time.time() - t0, 2),
-        "config": asdict(cfg), "encoder": bundle.info.get("encoder"), "versions": _versions(),
-    }
-    if out_dir is not None:
-        write_run(out_dir, results, y, probs)
-        if cfg.save_model:
-            from safetensors.torch import save_file
+    res = evaluate(model, test_loader, len(test), cfg, device, ctx, k, "test")
+    results = None
+    if res is not None:
+        probs, y, test_loss = res
+        metrics = M.classification_metrics(y, probs, class_names)
+        spec = TASKS.get(cfg.task)
+        results = {
+            "task": cfg.task, "title": spec.title if spec else cfg.task, **(meta or {}),
+            "mode": "linear_probe" if cfg.linear_probe else "finetune", "model": bundle.name,
+            "class_names": list(class_names), "n_train": len(train), "n_val": len(val), "n_test": len(test),
+            **metrics, "test_loss": test_loss, "best_epoch": best["epoch"] + 1,
+            "selected_by": f"val {cfg.select_metric}" if val else "last epoch", "val": best["val"],
+            "paper": paper_figures(cfg.task), "elapsed_s": round(time.time() - t0, 2),
+            # (the key "precision" is the metric; cfg.precision below holds the resolved choice too)
+            "compute_precision": {"requested": requested_precision, "used": precision, "reason": why},
+            "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "batch_per_rank": cfg.batch_size,
+                            "global_batch": global_batch, "steps_per_epoch": len(train_loader),
+                            "resumed_from": str(resume_from) if resume_from is not None else None},
+            "config": asdict(cfg), "encoder": bundle.info.get("encoder"), "versions": _versions(),
+        }
+        if main_dir is not None:
+            write_run(main_dir, results, y, probs, ids=[r.name for r in test])
+            if cfg.save_model:
+                from safetensors.torch import save_file
 
-            save_file({n: t.contiguous() for n, t in model.state_dict().items()}, str(out_dir / "model_best.safetensors"))
-    results["_pred"] = (y, probs)
-    return results
+                save_file({n: t.contiguous() for n, t in model.state_dict().items()},
+                          str(main_dir / "model_best.safetensors"))
+        results["_pred"] = (y, probs)
+    return ctx.broadcast(results)  # every rank returns what rank 0 computed
 
 
 # ============================================================================ reporting
@@ -637,10 +765,25 @@ def _json_ready(r: dict) -> dict:
     return {k: v for k, v in r.items() if not k.startswith("_")}
 
 
-def write_run(out_dir: Path, results: dict, y: np.ndarray, probs: np.ndarray) -> None:
-    """results.json, results.md, confusion.png, roc.png of one run (or of pooled CV predictions)."""
+def write_predictions(path: Path, ids: Sequence[str], y: np.ndarray, probs: np.ndarray,
+                      class_names: Sequence[str]) -> None:
+    """``predictions.csv``: one row per test record (id, label, predicted class, probabilities)."""
+    import csv
+
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "label", "pred", *[f"p_{c}" for c in class_names]])
+        for name, lab, p in zip(ids, y, probs):
+            w.writerow([name, int(lab), int(np.argmax(p)), *[f"{v:.9g}" for v in p]])
+
+
+def write_run(out_dir: Path, results: dict, y: np.ndarray, probs: np.ndarray, ids: Sequence[str] | None = None) -> None:
+    """results.json, results.md, confusion.png, roc.png (and predictions.csv when the record
+    ``ids`` are given) of one run, or of pooled CV predictions."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(_json_ready(results), indent=2, default=str))
+    if ids is not None:
+        write_predictions(out_dir / "predictions.csv", ids, y, probs, results["class_names"])
     (out_dir / "results.md").write_text(results_markdown(results))
     title = f"{results['task']} {results.get('split', '')} — {results['model']}"
     M.plot_confusion(results["confusion_matrix"], results["class_names"], out_dir / "confusion.png", title)
@@ -666,7 +809,7 @@ def aggregate_runs(runs: list[dict], out_dir: Path | None = None) -> dict:
                    "n_train": r["n_train"], "n_val": r["n_val"], "n_test": r["n_test"]} for r in runs],
         "elapsed_s": round(sum(r["elapsed_s"] for r in runs), 2),
     })
-    if out_dir is not None:
+    if out_dir is not None and is_main_process():
         write_run(out_dir, out, y, probs)
     out["_pred"] = (y, probs)
     return out
@@ -683,7 +826,7 @@ def _run_splits(data: TaskData, cfg: FinetuneConfig) -> dict:
         runs.append(fit_and_evaluate(train, val, split.test, data.class_names, cfg, run_dir,
                                      meta={"split": split.name, "data_root": str(data.root)}))
     result = runs[0] if len(runs) == 1 else aggregate_runs(runs, out)
-    if out is not None:
+    if out is not None and is_main_process():
         resolved = dict(runs[0]["config"])
         (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
     return result
@@ -744,7 +887,7 @@ def finetune(train: Iterable, test: Iterable, cfg: FinetuneConfig | None = None,
     data = TaskData(cfg.task, names, Path("."), [Split("memory", tr, te)])
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else None
     res = fit_and_evaluate(tr, va, te, data.class_names, cfg, out, meta={"split": "memory"})
-    if out is not None:
+    if out is not None and is_main_process():
         (out / "config.json").write_text(json.dumps(res["config"], indent=2, default=str))
     return _json_ready(res)
 
@@ -800,9 +943,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--workers", type=int, default=d.workers)
     a("--seed", type=int, default=d.seed)
     a("--device", default=d.device)
-    a("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
+    a("--precision", default=d.precision, choices=list(PRECISIONS),
+      help="auto: bf16 where the GPU/CPU runs it natively, else fp32 (logged and saved in results.json)")
     a("--save-model", action="store_true", help="write the selected weights (model_best.safetensors)")
     a("--no-progress", action="store_true", help="no tqdm bars")
+    a("--resume", nargs="?", const="auto", default=None, metavar="auto|CKPT_DIR",
+      help="continue from the latest checkpoint in OUTPUT_DIR (or the one named); a fresh start if none")
+    a("--save-every", type=int, default=1, help="epochs between checkpoints (0: none)")
+    a("--save-every-steps", type=int, default=d.save_every_steps, help="also a checkpoint every N steps (0: off)")
+    a("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept")
     return p
 
 
@@ -814,15 +963,22 @@ def config_from_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """The command line; under ``torchrun --nproc_per_node N -m trainer.finetune ...`` every rank
+    runs it and rank 0 prints and writes."""
     cfg = config_from_args(argv)
+    ctx = dist_context(cfg.device)
+    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
+                        format=f"%(levelname)s %(name)s{f' [rank {ctx.rank}]' if ctx.distributed else ''}: %(message)s")
     try:
         res = run_finetune(cfg)
     except (DatasetFormatError, FileNotFoundError) as e:  # a data/path problem: the message says it all
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(results_markdown(res))
-    print(f"\nwrote {Path(cfg.output_dir) / 'results.json'}")
+    finally:
+        shutdown()
+    if ctx.is_main:
+        print(results_markdown(res))
+        print(f"\nwrote {Path(cfg.output_dir) / 'results.json'}")
     return 0
 
 

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from dali_pipes.finetune import check_rank, eval_plan, global_order, train_plan, train_steps
 from trainer.downstream import Record
 
 # Defaults when neither an encoder config nor the user gives pixel statistics: ImageNet's for
@@ -144,7 +145,12 @@ class _ExpandChannels(torch.nn.Module):
 # ---------------------------------------------------------------------------- dataset / sampler
 
 class FinetuneDataset(Dataset):
-    """Records -> ``{"image": FloatTensor[C, H, W], "label": int64 tensor}`` samples."""
+    """Records -> ``{"image": FloatTensor[C, H, W], "label": int64 tensor, "index": int64 tensor}``.
+
+    Indexed by a record index, or by ``(record index, sample seed)``: the random transform then
+    draws from a torch generator seeded with that seed (the process RNG is left as it was), so a
+    sample's augmentation is a function of its seed alone — the same with any worker count, rank
+    count, or after a resume."""
 
     def __init__(self, records: Sequence[Record], transform: v2.Compose):
         self.records = list(records)
@@ -153,11 +159,19 @@ class FinetuneDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         r = self.records[i]
         gray = to_gray_u8(r.image, r.name) if r.image is not None else read_gray(r.path)
         x = torch.from_numpy(gray).unsqueeze(0)  # (1, H, W) uint8
-        return {"image": self.transform(x), "label": torch.tensor(r.label, dtype=torch.int64)}
+        if seed is None:
+            img = self.transform(x)
+        else:  # torchvision v2 draws from the global torch RNG only: seed a forked copy of it
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                img = self.transform(x)
+        return {"image": img, "label": torch.tensor(r.label, dtype=torch.int64),
+                "index": torch.tensor(i, dtype=torch.int64)}
 
 
 def class_balanced_weights(labels: Sequence[int], num_classes: int) -> np.ndarray:
@@ -169,51 +183,75 @@ def class_balanced_weights(labels: Sequence[int], num_classes: int) -> np.ndarra
     return w
 
 
-class EpochSampler(Sampler[int]):
-    """Sample order fixed by (seed, epoch): a permutation, or — with ``weights`` — draws with
-    replacement (class-balanced sampling). ``start`` skips already-consumed samples so a resumed
-    epoch continues where it stopped."""
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This rank's ``(record index, sample seed)`` pairs of one epoch, from the plan both loaders
+    share (``dali_pipes.finetune``): train — the rank's slice of every global batch of a
+    permutation, or of class-balanced draws with replacement (``weights``), fixed by (seed,
+    epoch); eval — the rank's contiguous chunk of the records, in order. The sample seed is a
+    function of (seed, epoch, position in the global order). ``start`` skips already-consumed
+    samples so a resumed epoch continues where it stopped."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, weights: np.ndarray | None = None):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, weights: np.ndarray | None = None, *,
+                 batch_size: int = 1, rank: int = 0, world_size: int = 1, drop_last: bool = False):
+        check_rank(rank, world_size)
         self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        self.train = shuffle or weights is not None
+        self.batch_size, self.rank, self.world_size, self.drop_last = batch_size, rank, world_size, drop_last
         self.epoch, self.start = 0, 0
 
-    def order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.weights is not None:
-            return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
-        return torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
+    def plan(self) -> tuple[np.ndarray, np.ndarray]:
+        """(record indices, sample seeds) of this rank in the current epoch."""
+        if not self.train:
+            idx = eval_plan(self.n, self.rank, self.world_size)
+            return idx, self.seed * 1_000_003 + idx
+        order = global_order(self.n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, weights=self.weights)
+        idx, pos = train_plan(order, self.batch_size, self.rank, self.world_size, self.drop_last)
+        return idx, (self.seed * 1_000_003 + self.epoch) * 1_000_033 + pos
 
     def __iter__(self):
-        return iter(self.order()[self.start:])
+        idx, seeds = self.plan()
+        return iter([(int(i), int(s) % 2**63) for i, s in zip(idx[self.start:], seeds[self.start:])])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self.plan()[0]) - self.start
 
 
 class TorchFinetuneLoader:
     """Loader object of the batch contract: ``__iter__``, ``__len__``, ``state_dict`` and
-    ``load_state_dict``, plus ``set_epoch``. The sample order is a function of (seed, epoch);
-    after ``load_state_dict`` the remaining batches of the interrupted epoch come next (the
-    augmentation draws are re-seeded, not replayed)."""
+    ``load_state_dict``, plus ``set_epoch``. Batches also carry ``"index"`` (LongTensor[B], the
+    record index) so predictions gathered from several ranks can be put back in record order.
+
+    The samples and their augmentation are a function of (seed, epoch, position): after
+    ``load_state_dict`` the remaining batches of the interrupted epoch come next, identical to
+    the uninterrupted run's. ``rank``/``world_size``: this process's share (:class:`EpochSampler`);
+    every rank gets ``len(self)`` batches per training epoch."""
 
     def __init__(self, dataset: FinetuneDataset, batch_size: int, *, train: bool, seed: int = 0,
-                 workers: int = 0, sample_weights: np.ndarray | None = None, drop_last: bool = False):
+                 workers: int = 0, sample_weights: np.ndarray | None = None, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
-        self.workers, self.drop_last = workers, drop_last
-        self.sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=sample_weights)
+        self.workers, self.drop_last, self.rank, self.world_size = workers, drop_last, rank, world_size
+        self.sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=sample_weights, batch_size=batch_size,
+                                    rank=rank, world_size=world_size, drop_last=drop_last)
         self.batches_done = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch, self.sampler.start, self.batches_done = epoch, 0, 0
+        """Start of ``epoch``; asking for the current epoch keeps a restored mid-epoch position."""
+        if epoch != self.sampler.epoch:
+            self.sampler.epoch, self.sampler.start, self.batches_done = epoch, 0, 0
 
     def __len__(self) -> int:
         n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.train:
+            return train_steps(n, self.batch_size, self.world_size, self.drop_last)
+        m = len(eval_plan(n, self.rank, self.world_size))
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def __iter__(self):
         self.sampler.start = self.batches_done * self.batch_size
+        # A private generator: creating the DataLoader iterator must not draw from the process
+        # RNG (drop path, mixup), or a resumed run would draw differently from the uninterrupted one.
         g = torch.Generator().manual_seed(self.seed * 7919 + self.sampler.epoch * 104_729 + self.batches_done)
         dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.workers,
                         drop_last=self.drop_last, pin_memory=torch.cuda.is_available(), generator=g,
@@ -222,11 +260,20 @@ class TorchFinetuneLoader:
             self.batches_done += 1
             yield batch
         self.batches_done, self.sampler.start = 0, 0
+        if self.train:
+            self.sampler.epoch += 1  # the next pass is the next epoch unless set_epoch says otherwise
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done, "seed": self.seed}
+        return {"kind": "torch_finetune", "epoch": self.sampler.epoch, "batches_done": self.batches_done,
+                "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("kind", "torch_finetune") != "torch_finetune":
+            raise ValueError(f"loader state is from a {state.get('kind')!r} loader, not torch_finetune")
+        theirs = (state.get("rank", 0), state.get("world_size", 1))
+        if theirs != (self.rank, self.world_size):
+            raise ValueError(f"loader state was saved by rank {theirs[0]} of {theirs[1]}, this loader is rank "
+                             f"{self.rank} of {self.world_size}")
         self.seed = self.sampler.seed = int(state["seed"])
         self.sampler.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
@@ -248,7 +295,7 @@ def dali_module(loader: str):
 def build_finetune_loader(records: Sequence[Record], *, train: bool, batch_size: int, tcfg: TransformConfig,
                           loader: str = "torch", mode: str | None = None, seed: int = 0, workers: int = 0,
                           sample_weights: np.ndarray | None = None, drop_last: bool = False,
-                          device: torch.device | None = None):
+                          device: torch.device | None = None, rank: int = 0, world_size: int = 1):
     """The single switch between loaders; both yield the §2 fine-tune batch.
 
     device: where the model runs; the DALI loader decodes there (GPU: mixed decode, float32
@@ -257,6 +304,10 @@ def build_finetune_loader(records: Sequence[Record], *, train: bool, batch_size:
     records: labelled images (paths, or in-memory arrays for the torch loader).
     mode: transform mode (``train``/``probe``/``eval``); defaults to ``train`` if ``train`` else ``eval``.
     sample_weights: per-record sampling weights (class-balanced sampling), train only.
+    rank, world_size: this process's share of ``records`` (all ranks get the full list): train —
+    its slice of every global batch of ``batch_size x world_size``, the same step count on every
+    rank; eval — a contiguous chunk, every record on exactly one rank (``dali_pipes.finetune``'s
+    ``train_plan`` / ``eval_plan``, shared by both loaders).
 
     ``loader="dali"`` imports ``dali_pipes.finetune`` and calls its ``build_finetune_loader``
     with these same keyword arguments.
@@ -271,9 +322,10 @@ def build_finetune_loader(records: Sequence[Record], *, train: bool, batch_size:
                                          seed=seed, workers=workers, sample_weights=sample_weights,
                                          drop_last=drop_last, device="gpu" if cuda else "cpu",
                                          device_id=(device.index or 0) if cuda else None,
-                                         gpu_dtype=torch.float32)
+                                         gpu_dtype=torch.float32, rank=rank, world_size=world_size)
     if loader != "torch":
         raise ValueError(f"unknown loader {loader!r} (torch or dali)")
     ds = FinetuneDataset(records, build_transform(tcfg, mode))
     return TorchFinetuneLoader(ds, batch_size, train=train, seed=seed, workers=workers,
-                               sample_weights=sample_weights if train else None, drop_last=drop_last)
+                               sample_weights=sample_weights if train else None, drop_last=drop_last,
+                               rank=rank, world_size=world_size)
