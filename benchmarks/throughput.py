@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import tempfile
+import importlib.util
 import time
 from pathlib import Path
 from typing import Iterator
@@ -61,6 +62,9 @@ def _decode_bound(raw: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
+_GATE_FRAMES = 40  # frames the text-gate cost is measured on (~0.1-0.3 s each on one core)
+
+
 def _stage_costs(raw: Path) -> dict[str, float]:
     """Where a build's per-frame time goes, one core: ms per frame of each step of the extract
     loop (read + decode, curate, pHash, encode, pixel hash + statistics), on the same inputs,
@@ -74,6 +78,7 @@ def _stage_costs(raw: Path) -> dict[str, float]:
 
     acc = dict.fromkeys(("decode", "curate", "phash", "encode", "hash_stats"), 0.0)
     n, clock = 0, time.perf_counter
+    gated: list = []
     with one_cv2_thread():  # as in the build's workers
         for p, fmt in _inputs(raw):
             box, shape = None, None
@@ -105,9 +110,23 @@ def _stage_costs(raw: Path) -> dict[str, float]:
                     pixel_sums(cur.image)
                     acc["hash_stats"] += clock() - t
                     n += 1
+                    if len(gated) < _GATE_FRAMES:
+                        gated.append(cur.image)
             except InputRejected:
                 pass
-    return {k: 1000.0 * v / max(n, 1) for k, v in acc.items()}
+    out = {k: 1000.0 * v / max(n, 1) for k, v in acc.items()}
+    # text gate (sharder/textgate.py): ms per CHECKED frame, on the first curated frames (a
+    # build checks every still and first/middle/last/every 16th/box-changed frame of a cine)
+    if importlib.util.find_spec("rapidocr_onnxruntime") is not None and gated:
+        from sharder.textgate import detector
+
+        det = detector()
+        det.detect(gated[0])  # session warm-up, paid once per worker
+        t = clock()
+        for img in gated:
+            det.detect(img)
+        out["text_gate"] = 1000.0 * (clock() - t) / len(gated)
+    return out
 
 
 _BUILD_CHILD = """

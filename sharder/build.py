@@ -51,6 +51,7 @@ from .frames import InputRejected, ReaderOptions
 from .keys import order_key, salted_hex, unit_interval
 from .manifest import FORMAT, VERSION
 from .readers import detect_format, iter_frames
+from .regions import regions_from_info, select_image_regions
 from .shards import file_sha256, write_shard
 
 log = logging.getLogger("usf_shard")
@@ -222,6 +223,33 @@ class _Extractor:
                     self.counter[1] += 1
                     self.counter[2] += nframes
 
+    def _write_frame(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, frame, seq: int,
+                     region: int, digest: str, source: str, cur, binf, recf) -> None:
+        """Encode one curated frame into the part's .bin and its record into the part's .jsonl.
+        region: index of the scanner image region (dual view: 0, 1); the key of region 0 is the
+        key a single-image frame always had."""
+        cfg = self.cfg
+        group = salted_hex(cfg.salt, "group", spec.name, grouper(rel, frame.group_hint))
+        parts = (spec.name, digest, frame.axis, frame.index) + ((f"region{region}",) if region else ())
+        key = salted_hex(cfg.salt, "key", *parts)
+        img = cur.image
+        data = encode(img, cfg.codec, cfg.jpeg_quality)
+        off = binf.tell()
+        binf.write(data)
+        ph = phash64(img)
+        meta = {"dataset": spec.name, "anatomy": spec.anatomy, "split": None,
+                "group": group, "source": source, "frame": int(frame.index),
+                "axis": frame.axis, "orig_hw": [int(s) for s in frame.pixels.shape[:2]],
+                "crop": [int(c) for c in cur.crop], "ops": list(cur.ops),
+                "phash": phash_hex(ph)}
+        if region:
+            meta["region"] = region
+        psum, psq, npix = pixel_sums(img)
+        recf.write(json.dumps({"t": "f", "i": i, "f": [seq, region],
+                               "key": key, "off": off, "len": len(data),
+                               "xh": pixel_hash(img), "ph": ph, "meta": meta,
+                               "s": psum, "ss": psq, "n": npix}) + "\n")
+
     def _one_input(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, binf, recf, rej) -> int:
         cfg = self.cfg
         path = Path(spec.root) / rel
@@ -251,35 +279,35 @@ class _Extractor:
         source = salted_hex(cfg.salt, "source", digest)
         nframes = 0
         reuse_box = fmt in REUSE_BOX_FORMATS
-        box, box_shape = None, None
+        boxes: dict[int, tuple] = {}  # target (scanner region index) -> crop box reused across frames
+        box_shape = None
+        targets: list[tuple[int, tuple | None]] | None = None  # (region index, scanner region)
+        policy = spec.text_policy or cfg.text_policy
+        gate = _TextGate(policy, cfg.text_check_every)
         try:
             for frame in iter_frames(path, fmt, ropts):
                 seq = nframes
                 nframes += 1
                 shape = frame.pixels.shape[:2]
-                try:
-                    cur = curate(frame.pixels, copts, box=box if shape == box_shape else None)
-                except InputRejected as e:
-                    self._reject(rej, spec.name, rel, seq, e.reason, e.detail, scope="frame")
-                    continue
-                if reuse_box and box is None and "crop:auto" in cur.ops:
-                    box, box_shape = cur.crop, shape
-                group = salted_hex(cfg.salt, "group", spec.name, grouper(rel, frame.group_hint))
-                key = salted_hex(cfg.salt, "key", spec.name, digest, frame.axis, frame.index)
-                img = cur.image
-                data = encode(img, cfg.codec, cfg.jpeg_quality)
-                off = binf.tell()
-                binf.write(data)
-                ph = phash64(img)
-                meta = {"dataset": spec.name, "anatomy": spec.anatomy, "split": None,
-                        "group": group, "source": source, "frame": int(frame.index),
-                        "axis": frame.axis, "orig_hw": [int(s) for s in frame.pixels.shape[:2]],
-                        "crop": [int(c) for c in cur.crop], "ops": list(cur.ops),
-                        "phash": phash_hex(ph)}
-                psum, psq, npix = pixel_sums(img)
-                recf.write(json.dumps({"t": "f", "i": i, "f": seq, "key": key, "off": off, "len": len(data),
-                                       "xh": pixel_hash(img), "ph": ph, "meta": meta,
-                                       "s": psum, "ss": psq, "n": npix}) + "\n")
+                if shape != box_shape:
+                    boxes.clear()
+                    targets, region_op = _crop_targets(frame, shape, spec.crop_mode)
+                    box_shape = shape
+                    gate.new_geometry(frame)
+                for j, within in targets:
+                    try:
+                        cur = curate(frame.pixels, copts, box=boxes.get(j), within=within)
+                        if region_op:  # recorded just before the crop step it explains
+                            at = next((k for k, op in enumerate(cur.ops) if op.startswith("crop:")), 0)
+                            cur.ops.insert(at, region_op)
+                        gate.check(seq, j, cur)
+                    except InputRejected as e:
+                        self._reject(rej, spec.name, rel, seq, e.reason, e.detail, scope="frame")
+                        continue
+                    if reuse_box and j not in boxes and any(
+                            op in cur.ops for op in ("crop:auto", "crop:region", "crop:region_refined")):
+                        boxes[j] = cur.crop
+                    self._write_frame(i, spec, grouper, rel, frame, seq, j, digest, source, cur, binf, recf)
         except InputRejected as e:
             # all frames yielded before the failure are kept; the input is reported either way
             self._reject(rej, spec.name, rel, None if nframes == 0 else nframes, e.reason,
@@ -290,7 +318,97 @@ class _Extractor:
         else:
             if nframes == 0:
                 self._reject(rej, spec.name, rel, None, "no_frames", "the file holds no frames")
+        if (line := gate.record(i, spec.name)) is not None:
+            recf.write(line)
         return nframes
+
+
+def _crop_targets(frame, shape: tuple[int, int], crop_mode: str) -> tuple[list[tuple[int, tuple | None]], str | None]:
+    """What to crop from a frame of this geometry: [(region index, scanner region box | None)]
+    and an op to record. A DICOM with usable SequenceOfUltrasoundRegions gives one target per
+    image region (dual view: two samples per frame); regions that do not fit the pixels are
+    ignored (op ``crop:region_mismatch``) and pixel detection is used, as for every other file."""
+    if crop_mode != "auto":
+        return [(0, None)], None
+    boxes, status = select_image_regions(regions_from_info(frame.info), shape)
+    if status == "ok":
+        return list(enumerate(boxes)), None
+    return [(0, None)], ("crop:region_mismatch" if status == "mismatch" else None)
+
+
+def frame_crops(frame, copts: CurateOptions) -> list[tuple[int, object]]:
+    """[(region index, Curated)] for one frame, exactly as the build crops it (scanner regions
+    first, pixel detection otherwise). For audits and benchmarks (real-file IoU)."""
+    targets, region_op = _crop_targets(frame, frame.pixels.shape[:2], copts.crop_mode)
+    out = []
+    for j, within in targets:
+        cur = curate(frame.pixels, copts, within=within)
+        if region_op:
+            at = next((k for k, op in enumerate(cur.ops) if op.startswith("crop:")), 0)
+            cur.ops.insert(at, region_op)
+        out.append((j, cur))
+    return out
+
+
+class _TextGate:
+    """Runs the text gate (sharder/textgate.py) on the written frames of one input and counts.
+
+    Which frames: every frame of a still image; of a cine/video/volume the first, middle and last
+    (when the reader knows the count), every ``every``-th, and every frame whose crop box differs
+    from the previous one of its region. A frame in between shares its last checked frame's box
+    and overlays: when that frame had text, its text boxes stand for this one (rejected or
+    inpainted alike, without another detector run); when it had none, the frame passes.
+    """
+
+    def __init__(self, policy: str, every: int):
+        self.policy, self.every = policy, every
+        self.picks: set[int] = {0}
+        self.last_crop: dict[int, tuple] = {}
+        self.found: dict[int, list] = {}  # region -> text boxes of its last checked frame
+        self.counts = Counter()  # checked, found, cleaned
+        self.seconds = 0.0
+
+    def new_geometry(self, frame) -> None:
+        from .textgate import frames_to_check
+
+        self.picks = frames_to_check(frame.info.get("n_frames"))
+        self.last_crop.clear()
+        self.found.clear()
+
+    def check(self, seq: int, region: int, cur) -> None:
+        """Raises InputRejected("text_found") (policy reject) or inpaints cur.image (clean)."""
+        if self.policy == "off":
+            return
+        changed = self.last_crop.get(region) != tuple(cur.crop)
+        self.last_crop[region] = tuple(cur.crop)
+        from .textgate import detector, inpaint_boxes
+
+        if changed or seq in self.picks or seq % self.every == 0:
+            t0 = time.perf_counter()
+            found = detector().detect(cur.image)
+            self.seconds += time.perf_counter() - t0
+            self.counts["checked"] += 1
+            self.found[region] = found
+        elif self.found.get(region):
+            # same box as a checked frame that had text: burned-in overlays are static within a
+            # loop, so its boxes stand for this frame too (bounded cost: no detector run)
+            found = self.found[region]
+        else:
+            return
+        if not found:
+            return
+        self.counts["found"] += 1
+        if self.policy == "reject":
+            raise InputRejected("text_found", f"{len(found)} text box(es) in the cropped frame")
+        cur.image = inpaint_boxes(cur.image, found)
+        cur.ops.append("text:inpaint")
+        self.counts["cleaned"] += 1
+
+    def record(self, i: int, dataset: str) -> str | None:
+        if self.policy == "off":
+            return None
+        return json.dumps({"t": "g", "i": i, "dataset": dataset, **{k: self.counts[k] for k in
+                           ("checked", "found", "cleaned")}, "ms": round(self.seconds * 1000, 3)}) + "\n"
 
 
 @contextmanager
@@ -435,17 +553,17 @@ def dedup_and_split(cfg: BuildConfig, work: Path, workers: int):
                 drop(r, hold_exact[r["xh"]], "holdout_leak", 0)
                 continue
             if len(hold_near):
-                hk = hold_near.query(r["ph"])
-                if hk is not None:
-                    drop(r, hk, "holdout_leak", None)
+                hit = hold_near.nearest(r["ph"])
+                if hit is not None:  # (key, Hamming distance): the distance is audit evidence
+                    drop(r, hit[0], "holdout_leak", hit[1])
                     continue
             if cfg.dedup_exact and r["xh"] in seen_exact:
                 drop(r, seen_exact[r["xh"]], "exact", 0)
                 continue
             if cfg.dedup_near:
-                nk = seen_near.query(r["ph"])
-                if nk is not None:
-                    drop(r, nk, "near", None)
+                hit = seen_near.nearest(r["ph"])
+                if hit is not None:
+                    drop(r, hit[0], "near", hit[1])
                     continue
                 seen_near.add(r["ph"], r["key"])
             seen_exact[r["xh"]] = r["key"]
@@ -605,6 +723,12 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
         reasons[r["dataset"]][r["reason"]] += 1
         if r["scope"] == "frame":
             rejected_frames[r["dataset"]] += 1
+    gate: dict[str, Counter] = defaultdict(Counter)
+    gate_ms: dict[str, float] = defaultdict(float)
+    for part in _parts(work):
+        for g in _entries(work, part, "g"):
+            gate[g["dataset"]].update({k: g[k] for k in ("checked", "found", "cleaned")})
+            gate_ms[g["dataset"]] += g["ms"]
     datasets = {}
     for spec in cfg.datasets:
         c = counts[spec.name]
@@ -616,11 +740,16 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
             "written": c["written"], "duplicates": c["duplicates"],
             "rejected": rejected_frames[spec.name], "rejected_inputs": rejected_inputs[spec.name],
             "rejected_by_reason": dict(sorted(reasons[spec.name].items())),
+            "text_gate": _gate_summary(spec.text_policy or cfg.text_policy, gate[spec.name], gate_ms[spec.name],
+                                       reasons[spec.name]["text_found"]),
         }
     totals = {k: sum(d[k] for d in datasets.values())
               for k in ("inputs", "inputs_used", "inputs_unaccounted", "frames", "written",
                         "duplicates", "rejected", "rejected_inputs")}
     totals["rejected_by_reason"] = dict(sorted(sum(reasons.values(), Counter()).items()))
+    all_gate = sum(gate.values(), Counter())
+    totals["text_gate"] = _gate_summary("per dataset", all_gate, sum(gate_ms.values()),
+                                        totals["rejected_by_reason"].get("text_found", 0))
     s, ss, n = stats
     mean = s / n if n else 0.0
     std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) if n else 1.0
@@ -638,6 +767,15 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
         raise BuildError(f"{totals['inputs_unaccounted']} input(s) neither used nor reported: this is a bug")
     log.info("accounting: %s", accounting_line(totals))
     return manifest
+
+
+def _gate_summary(policy: str, c: Counter, ms: float, rejected: int) -> dict:
+    """Text-gate figures of one dataset (or all): frames checked, with text found, cleaned,
+    rejected (reason text_found), and the detector's mean cost per checked frame (machine-
+    dependent: the benchmark's figure is the one to compare)."""
+    n = c["checked"]
+    return {"policy": policy, "checked": n, "found": c["found"], "cleaned": c["cleaned"],
+            "rejected": rejected, "ms_per_frame": round(ms / n, 2) if n else None}
 
 
 def accounting_line(t: dict) -> str:

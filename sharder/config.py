@@ -15,6 +15,7 @@ import yaml
 FORMATS = ("auto", "image", "dicom", "volume", "video")
 CODECS = ("jpg", "png", "zst")
 GROUP_RULES = ("auto", "parent", "file", "dicom", "regex", "csv")
+TEXT_POLICIES = ("reject", "clean", "off")  # sharder/textgate.py (kept here: no onnxruntime import)
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,11 @@ class DatasetSpec:
     crop_mode: str = "auto"
     colour_policy: str = "luma"
     deannotate: bool = False
+    deannotate_reason: str | None = None  # why de-annotation is on/off for this set (documentation)
+    # text gate (sharder/textgate.py) on written frames: "reject" a frame with text in it
+    # (reason text_found), "clean" it (text boxes inpainted, op text:inpaint), "off", or None:
+    # the build's text_policy
+    text_policy: str | None = None
 
 
 @dataclass
@@ -80,6 +86,13 @@ class BuildConfig:
     max_pixels: int = 64_000_000
     max_input_bytes: int = 4 * 2**30
     strict: bool = False  # a missing dataset root is fatal instead of skipped
+    # text gate sampling within one cine/video/volume: besides first/middle/last, frames whose
+    # crop box changed, and every frame after one with text, every n-th frame is checked
+    text_check_every: int = 16
+    # the text gate's policy for datasets that set none. "off" in code until the phantom builds
+    # (tests/conftest.py, launch/demo.sh) opt out: the phantom burns text into its scan regions
+    # and "reject" drops half of it. The registry (openus46.yaml) sets "reject".
+    text_policy: str = "off"
 
     def resolved(self) -> dict:
         """The config as written into the manifest: roots are dropped (they are local paths that
@@ -122,6 +135,10 @@ def validate(cfg: BuildConfig) -> BuildConfig:
         raise ConfigError("short_side must be >= 16 and min_side >= 1")
     if not 0 <= cfg.near_max_dist <= 16:
         raise ConfigError("near_max_dist must be in 0..16")
+    if cfg.text_policy not in TEXT_POLICIES:
+        raise ConfigError(f"text_policy: {cfg.text_policy!r} is not one of {TEXT_POLICIES}")
+    if cfg.text_check_every < 1:
+        raise ConfigError("text_check_every must be >= 1")
     if cfg.shard_max_samples < 1:
         raise ConfigError("shard_max_samples must be >= 1")
     names = set()
@@ -146,6 +163,8 @@ def validate(cfg: BuildConfig) -> BuildConfig:
                 raise ConfigError(f"{where}: group.pattern does not compile: {e}") from None
         if ds.group.rule == "csv" and not ds.group.csv:
             raise ConfigError(f"{where}: group.rule csv needs group.csv")
+        if ds.text_policy is not None and ds.text_policy not in TEXT_POLICIES:
+            raise ConfigError(f"{where}: text_policy {ds.text_policy!r} is not one of {TEXT_POLICIES}")
         if ds.frame_stride < 1 or ds.slice_stride < 1:
             raise ConfigError(f"{where}: frame_stride and slice_stride must be >= 1")
         if any(a not in (0, 1, 2) for a in ds.volume_axes) or not ds.volume_axes:

@@ -4,9 +4,11 @@ Pipeline (each applied step is named in ``Curated.ops``, in order):
 
 1. ``to_uint8:*``     16-bit / float / wide-int pixels -> uint8 with a robust window (skipped for uint8).
 2. ``gray:luma``       RGB -> gray by ITU-R BT.601 luma (only for colour inputs).
-3. ``crop:auto``       crop to the scan region (the speckled sector / rectangle), dropping the
-   banner, side bars, depth ticks and ECG trace; ``crop:none_found`` when no region was found
-   and the full frame is kept.
+3. ``crop:region`` / ``crop:region_refined``  crop to the scanner's own image region (DICOM
+   SequenceOfUltrasoundRegions), refined against its pixels; else ``crop:auto``: crop to the
+   scan region found in the pixels (the speckled sector / rectangle), dropping the banner, side
+   bars, depth ticks and ECG trace; ``crop:none_found`` when no region was found and the full
+   frame is kept.
 4. ``colour:inpaint``  (``colour_policy="suppress_doppler"``) coloured pixels inpainted from gray.
 5. ``deannotate``      (``deannotate=True``) burned-in text, calipers and thin colour overlays inpainted.
 6. ``resize:N`` / ``resize:N:up``  short side resized to ``short_side``.
@@ -34,11 +36,22 @@ _PERCENTILE_SAMPLES = 1_000_000  # percentiles on a regular subsample: same wind
 
 # --- scan region ----------------------------------------------------------------------------
 _BG_PERCENTILE = 1.0  # the background (black margins, or the darkest tissue when there are none)
-_BG_DELTA = 10.0  # foreground = denoised gray > background level + this (0..255)
+_BG_DELTA = 10.0  # foreground = denoised gray > background level + this (0..255) ...
+_BG_DELTA_CLEAN = 3.0  # ... or this when the margin is digitally clean (exactly one level):
+# real scanners draw an image with no echoes (probe in air, a dark near field, low gain) at
+# 1-9 gray levels over a margin of exact 0 (measured: Terason 5-9, Philips 1-3); a video capture's
+# black is noisy (+-3) and keeps the wide delta
+_CLEAN_BG_FRAC = 0.25  # "digitally clean": >= this share of the frame sits exactly at the level
+_CLEAN_BG_NOISE = 0.5  # ... and the 5x5 variance of those pixels is below this
 _MIN_REGION_FRAC = 0.03  # a scan region smaller than this share of the frame is "not found"
 _MERGE_MIN_FRAC = 0.03  # fragments (split off by dark fluid) merged if >= this share of the main part
-_MERGE_MAX_GAP_FRAC = 0.2  # ... and at most this share of the frame height away, vertically
+_MERGE_MAX_GAP_FRAC = 0.45  # ... and at most this share of the frame height away, vertically
+# (0.2 was tuned on the phantom; a real linear image with an echo-free middle third, reverberation
+# at the top and speckle at the bottom, measured 0.38 of the frame height; the column-span rule
+# below is what keeps banners and side panels out, not the gap)
 _MARGIN_BG_FRAC = 0.7  # a strip cut off the frame must be >= 70% margin-like, else snap back
+_REFINE_MIN_FRAC = 0.5  # a refined scanner region keeps >= this share of the region's area
+_SEPARATOR_FRAC = 0.97  # a line this margin-like along a whole side of the box separates it
 _FLAT_VAR = 2.25  # 5x5 variance below this (std 1.5) is flat: margins are, speckle never is
 _DIM_MAX_DELTA = 30.0  # dim tissue has no pixel brighter than threshold + this within 5 px
 _DIM_MIN_DELTA = 3.0  # ... and its 5x5 mean is this much above the margin level
@@ -127,11 +140,17 @@ class Curated:
 # public API
 # ============================================================================================
 def curate(pixels: np.ndarray, opts: CurateOptions | None = None,
-           box: tuple[int, int, int, int] | None = None) -> Curated:
+           box: tuple[int, int, int, int] | None = None,
+           within: tuple[int, int, int, int] | None = None) -> Curated:
     """Curate one frame. pixels: (H, W) gray of any numeric dtype, or (H, W, 3|4) RGB(A).
 
     box: a scan region already found for this source (every frame of a cine loop, volume or
     video shares the probe's footprint): reused instead of searched again (op "crop:reused").
+    within: the scanner's own image region (DICOM SequenceOfUltrasoundRegions, see
+    sharder/regions.py), (y0, x0, y1, x1): the crop never leaves it, and is refined against the
+    pixels inside it (op "crop:region_refined"; some vendors' regions span the text columns
+    beside the image) or taken as it is (op "crop:region") when the pixels do not show the
+    image's outline (probe in air, faint fan).
     Raises InputRejected("too_small" | "blank" | "colour" | "bad_shape", detail).
     """
     opts = opts or CurateOptions()
@@ -152,6 +171,9 @@ def curate(pixels: np.ndarray, opts: CurateOptions | None = None,
 
     if box is not None and opts.crop_mode == "auto":
         ops.append("crop:reused")
+    elif within is not None and opts.crop_mode == "auto":
+        box, op = _refine_region(img, within)
+        ops.append(op)
     elif opts.crop_mode == "auto":
         box, found, bg_frac = _scan_region(img)
         if not found and bg_frac >= _MOSTLY_BG_FRAC:
@@ -336,7 +358,8 @@ def _scan_region(gray: np.ndarray) -> tuple[tuple[int, int, int, int], bool, flo
     den = cv2.medianBlur(np.ascontiguousarray(gray), 5)
     step = max(1, min(h, w) // 256)  # the 1st percentile of a regular subsample is as good
     sample = den[::step, ::step]
-    thresh = float(np.percentile(sample, _BG_PERCENTILE)) + _BG_DELTA
+    level = float(np.percentile(sample, _BG_PERCENTILE))
+    thresh = level + _bg_delta(gray[::step, ::step], level)
     fg = (den > thresh).astype(np.uint8)
     bg_frac = 1.0 - float(fg.mean())
 
@@ -365,10 +388,46 @@ def _scan_region(gray: np.ndarray) -> tuple[tuple[int, int, int, int], bool, flo
         core = labels == main + 1
     else:
         core = np.take(np.concatenate([[False], keep]), labels)  # label -> kept
-    region = _regrow(core, fg, k)
+    # regrow only into pixels that clear the wide threshold: with the clean-margin threshold,
+    # JPEG ringing around banner text (1-4 levels over a black of 0) would bridge banner and image
+    region = _regrow(core, fg if thresh >= level + _BG_DELTA else (den > level + _BG_DELTA).astype(np.uint8), k) | core
     rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
     box = [int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1]
-    return _snap_to_edges(box, _margin_mask(gray, fg, thresh)), True, bg_frac
+    margin, flat_bg = _margin_mask(gray, fg, thresh)
+    return _snap_to_edges(box, margin, flat_bg, 2 * k), True, bg_frac
+
+
+def _refine_region(gray: np.ndarray, region: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], str]:
+    """(box, op): the scan region found inside a scanner region, or the scanner region itself.
+
+    The refinement is kept only when it covers >= _REFINE_MIN_FRAC of the region: less means the
+    detector saw only part of the image (a reverberation band of a probe in air, the bright
+    part of a faint fan), and the scanner's region is the better evidence.
+    """
+    h, w = gray.shape[:2]
+    y0, x0, y1, x1 = max(0, region[0]), max(0, region[1]), min(h, region[2]), min(w, region[3])
+    inner, found, _ = _scan_region(np.ascontiguousarray(gray[y0:y1, x0:x1]))
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    if found and area >= _REFINE_MIN_FRAC * (y1 - y0) * (x1 - x0):
+        return (y0 + inner[0], x0 + inner[1], y0 + inner[2], x0 + inner[3]), "crop:region_refined"
+    return (y0, x0, y1, x1), "crop:region"
+
+
+def _bg_delta(sample: np.ndarray, level: float) -> float:
+    """Foreground threshold above the background level, from how clean the margin is.
+
+    sample: (h, w) uint8 subsample of the raw frame. A screen capture of a scanner's own output
+    (DICOM secondary capture, exported PNG) has margins at exactly one value: then an echo-poor
+    image a few levels above it is still the image, and the threshold is level + 3. A noisy
+    black (analogue video grabber, JPEG) needs level + 10 to stay out of the foreground.
+    """
+    at_level = sample == int(round(level))
+    if float(at_level.mean()) < _CLEAN_BG_FRAC:
+        return _BG_DELTA
+    g = sample.astype(np.float32)
+    mean = cv2.blur(g, (5, 5))
+    var = cv2.blur(g * g, (5, 5)) - mean * mean
+    return _BG_DELTA_CLEAN if float(np.median(var[at_level])) < _CLEAN_BG_NOISE else _BG_DELTA
 
 
 def _regrow(core: np.ndarray, fg: np.ndarray, k: int) -> np.ndarray:
@@ -385,8 +444,9 @@ def _regrow(core: np.ndarray, fg: np.ndarray, k: int) -> np.ndarray:
     return np.take(touched, labels)
 
 
-def _margin_mask(gray: np.ndarray, fg: np.ndarray, thresh: float) -> np.ndarray:
-    """(H, W) bool: pixels that look like scanner margin rather than tissue.
+def _margin_mask(gray: np.ndarray, fg: np.ndarray, thresh: float) -> tuple[np.ndarray, np.ndarray]:
+    """(margin, flat background), both (H, W) bool: pixels that look like scanner margin rather
+    than tissue, and the subset that is flat background (no texture at all).
 
     Tissue is the foreground, plus dim tissue below the threshold (a dark near field, an
     attenuated border): dim speckle is a few levels above the background on average, never flat
@@ -404,29 +464,37 @@ def _margin_mask(gray: np.ndarray, fg: np.ndarray, thresh: float) -> np.ndarray:
     level = float(np.median(sub)) if sub.size >= _MIN_FLAT_FRAC * mean.size / 4 else -np.inf
     near_bright = cv2.dilate(gray, np.ones((11, 11), np.uint8)) >= thresh + _DIM_MAX_DELTA
     dim_tissue = (fg == 0) & (mean > level + _DIM_MIN_DELTA) & ~flat_bg & ~near_bright
-    return (fg == 0) & ~dim_tissue
+    return (fg == 0) & ~dim_tissue, flat_bg
 
 
-def _snap_to_edges(box: list[int], margin: np.ndarray) -> tuple[int, int, int, int]:
-    """Extend each side of box to the frame edge unless the strip it cuts off is mostly margin.
+def _snap_to_edges(box: list[int], margin: np.ndarray, flat: np.ndarray,
+                   reach: int) -> tuple[int, int, int, int]:
+    """Extend each side of box to the frame edge unless the strip it cuts off is mostly margin,
+    or is separated from the box by a clean margin line.
 
     margin: (H, W) bool (see _margin_mask). A real margin (black, with some text or ticks) stays
     cut; a strip of tissue — the box fell a few pixels short, or the frame has no margins and a
-    dim border — does not.
+    dim border — does not. flat: (H, W) bool flat background. reach: how far (px) from the box
+    a separating line is looked for. A full-width patient banner (a filled gray bar with text,
+    not margin-like at all) sits on real scanners a few pixels above the image with a black line
+    between: that line, flat background along the box's whole side, is what separates it (the
+    phantom's banners were on black). A dim tissue border is textured, never such a line.
     """
     h, w = margin.shape
     y0, x0, y1, x1 = box
 
-    def cut_ok(strip: np.ndarray) -> bool:
-        return strip.size == 0 or float(strip.mean()) >= _MARGIN_BG_FRAC
+    def cut_ok(strip: np.ndarray, lines: np.ndarray) -> bool:
+        if strip.size == 0 or float(strip.mean()) >= _MARGIN_BG_FRAC:
+            return True
+        return lines.size > 0 and bool((lines.mean(axis=1) >= _SEPARATOR_FRAC).any())
 
-    if not cut_ok(margin[:y0, :]):
+    if not cut_ok(margin[:y0, :], flat[max(0, y0 - reach):y0, x0:x1]):
         y0 = 0
-    if not cut_ok(margin[y1:, :]):
+    if not cut_ok(margin[y1:, :], flat[y1:y1 + reach, x0:x1]):
         y1 = h
-    if not cut_ok(margin[y0:y1, :x0]):
+    if not cut_ok(margin[y0:y1, :x0], flat[y0:y1, max(0, x0 - reach):x0].T):
         x0 = 0
-    if not cut_ok(margin[y0:y1, x1:]):
+    if not cut_ok(margin[y0:y1, x1:], flat[y0:y1, x1:x1 + reach].T):
         x1 = w
     return y0, x0, y1, x1
 

@@ -571,6 +571,13 @@ def _read_dicom_header(f: io.BufferedReader, file_size: int) -> _DicomHeader:
         photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     info = {"photometric": photometric if photometric in _DICOM_PHOTOMETRIC else "other",
             "transfer_syntax": tsyntax.name if known_ts else "unknown"}
+    # the scanner's own scan regions (integers only: see sharder/regions.py) crop first
+    from .regions import read_us_regions
+
+    with _quiet(), contextlib.suppress(Exception):
+        regions = read_us_regions(ds)
+        if regions:
+            info["us_regions"] = [r.as_list() for r in regions]
     return _DicomHeader(ds, tsyntax, bool(meta and meta.get("TransferSyntaxUID")), pixel_pos,
                         file_size, _dicom_group_hint(ds), info)
 
@@ -737,6 +744,7 @@ def _iter_dicom(path: Path, opts: ReaderOptions) -> Iterator[Frame]:
 
         mapper = _DicomPixelMapper(ds)
         indices = _dicom_indices(max(_dicom_int(ds, "NumberOfFrames", 1), 1), opts)
+        hdr.info["n_frames"] = len(indices)  # frames this read yields (the text gate samples them)
 
         kwargs: dict[str, Any] = {"indices": indices}
         if not hdr.has_file_meta:

@@ -37,6 +37,12 @@ def stats_table(root: str | Path) -> str:
     lines.append("splits: " + ", ".join(f"{k} {v} samples" for k, v in sorted(splits.items())))
     lines.append(f"pixel mean {m.mean:.4f} std {m.std:.4f}, codec {m.codec}, "
                  f"{len(m.data['shards'])} shards")
+    for name, d in sorted(m.data["datasets"].items()):
+        g = d.get("text_gate")  # manifests from before the text gate have none
+        if g and g["policy"] != "off":
+            ms = "n/a" if g["ms_per_frame"] is None else f"{g['ms_per_frame']:.0f} ms/frame"
+            lines.append(f"text gate {name} ({g['policy']}): {g['checked']} frames checked, "
+                         f"{g['found']} with text, {g['cleaned']} cleaned, {g['rejected']} rejected, {ms}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,136 @@
+"""Text gate: defence in depth against burned-in text in written frames.
+
+The crop (scanner region or pixel detection) is the first defence; this is the second. A written
+frame is run through an offline scene-text detector; a frame with text in it is rejected
+(``text_found``, the default) or has its text boxes inpainted (``clean``), by policy.
+
+The detector is PP-OCRv4's text detection network (DB, ONNX), the file that the
+``rapidocr-onnxruntime`` wheel ships in ``rapidocr_onnxruntime/models/``: nothing is downloaded,
+ever (the session is built from that local file; ``onnxruntime`` makes no network calls). Only
+the detector runs, not the recogniser: whether text is *there* is the question, not what it
+says. Pre/post-processing is PP-OCR's (ImageNet normalisation, sides to multiples of 32,
+probability map > 0.3, boxes kept when their mean probability >= ``box_thresh``).
+
+Cost: one onnxruntime call on the written frame scaled so its long side is ``det_side`` px,
+one intra-op thread (the build's parallelism is its worker processes). Measured in
+``benchmarks/throughput.py`` (``shard`` section, ``text_gate`` record).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import TEXT_POLICIES  # noqa: F401  (re-exported: the policies live with the config)
+DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+class TextGateUnavailable(RuntimeError):
+    """The detector's package is not installed: the message says what to install."""
+
+
+def model_path() -> Path:
+    """Path of the shipped detection model; raises TextGateUnavailable if it is not installed."""
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise TextGateUnavailable("the text gate needs the detector model shipped by "
+                                  "rapidocr-onnxruntime: pip install 'usf-mae[ocr]' (or set "
+                                  "text_policy: off)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / DET_MODEL
+    if not path.is_file():
+        raise TextGateUnavailable(f"{path}: detection model missing from the installed package")
+    return path
+
+
+@dataclass
+class TextBox:
+    """One detected text box in the gated image's pixels: (y0, x0, y1, x1) end-exclusive."""
+
+    box: tuple[int, int, int, int]
+    score: float
+
+
+class TextDetector:
+    """PP-OCR DB text detector on (H, W) uint8 gray or (H, W, 3) RGB frames.
+
+    det_side: the frame is scaled so its long side is this (rounded to a multiple of 32); the
+        written frames are ~256x340, so text of the source is enlarged ~2x back towards the
+        size the network was trained on.
+    box_thresh: mean probability over a candidate box for it to count as text (PP-OCR: 0.5;
+        0.6 here keeps speckle out, measured on the phantom and the real files' crops).
+    min_side: boxes thinner than this (px, at det scale) are noise, not glyphs.
+    """
+
+    def __init__(self, det_side: int = 640, box_thresh: float = 0.6, min_side: int = 6):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model_path()), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.det_side, self.box_thresh, self.min_side = det_side, box_thresh, min_side
+
+    def detect(self, image: np.ndarray) -> list[TextBox]:
+        """Text boxes in image ((H, W) uint8 or (H, W, 3) uint8 RGB), in its own pixels."""
+        img = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        h, w = img.shape[:2]
+        scale = self.det_side / max(h, w)
+        nh, nw = max(32, int(round(h * scale / 32)) * 32), max(32, int(round(w * scale / 32)) * 32)
+        x = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+        x = ((x[..., ::-1] - _MEAN) / _STD).transpose(2, 0, 1)[None]  # PP-OCR takes BGR, NCHW
+        prob = self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0][0, 0]
+        seg = (prob > 0.3).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(seg, connectivity=4)
+        out: list[TextBox] = []
+        if n <= 1:
+            return out
+        sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n)
+        sy, sx = h / nh, w / nw
+        for i in range(1, n):
+            x0, y0, bw, bh, area = stats[i]
+            score = float(sums[i] / area)
+            if score < self.box_thresh or min(bw, bh) < self.min_side:
+                continue
+            # DB shrinks text regions; PP-OCR unclips them by ~1.5x the area: grow by half height
+            g = max(2, int(bh * 0.5))
+            out.append(TextBox((max(0, int((y0 - g) * sy)), max(0, int((x0 - g) * sx)),
+                                min(h, int(np.ceil((y0 + bh + g) * sy))),
+                                min(w, int(np.ceil((x0 + bw + g) * sx)))), score))
+        return out
+
+
+def inpaint_boxes(gray: np.ndarray, boxes: list[TextBox]) -> np.ndarray:
+    """(H, W) uint8 with every box filled in from its surroundings (Telea inpainting)."""
+    mask = np.zeros(gray.shape[:2], np.uint8)
+    for b in boxes:
+        y0, x0, y1, x1 = b.box
+        mask[y0:y1, x0:x1] = 1
+    return cv2.inpaint(np.ascontiguousarray(gray), mask, 5, cv2.INPAINT_TELEA)
+
+
+def frames_to_check(n_frames: int | None) -> set[int]:
+    """Sequence numbers of a source's frames that the gate checks whatever happens: first,
+    middle, last (when the count is known). The build adds every ``text_check_every``-th, frames whose
+    crop box changed and, once text was found in a source, all its later frames."""
+    picks = {0}
+    if n_frames:
+        picks |= {(n_frames - 1) // 2, n_frames - 1}
+    return picks
+
+
+_DETECTOR: TextDetector | None = None
+
+
+def detector() -> TextDetector:
+    """One detector per process (the session is ~20 MB and takes ~0.2 s to build)."""
+    global _DETECTOR
+    if _DETECTOR is None:
+        _DETECTOR = TextDetector()
+    return _DETECTOR
