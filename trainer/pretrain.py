@@ -65,33 +65,14 @@ def build_ds_config(cfg: TrainConfig, world: int, total_steps: int) -> tuple[dic
     return ds, lr
 
 
-def load_mae_init(model: MaskedAutoencoderViT, path: str) -> None:
-    """Initialises from a facebookresearch/mae checkpoint ({"model": state_dict}), e.g. the
-    ImageNet MAE weights USF-MAE started from. 3-channel patch embedding -> 1 channel by summing
-    over colour (a gray image fed as RGB gives the same response); the decoder's pixel head
-    averages its colour outputs. Fixed position embeddings are never loaded."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    sd = ck.get("model", ck)
-    own = model.state_dict()
-    c = model.cfg.in_chans
-    p = model.cfg.patch_size
-    w = sd.get("patch_embed.proj.weight")
-    if w is not None and w.shape[1] != c:
-        if c == 1:
-            sd["patch_embed.proj.weight"] = w.sum(dim=1, keepdim=True)
-        else:
-            sd["patch_embed.proj.weight"] = w.mean(dim=1, keepdim=True).repeat(1, c, 1, 1)
-    for k in ("decoder_pred.weight", "decoder_pred.bias"):
-        t = sd.get(k)
-        if t is not None and k in own and t.shape != own[k].shape and t.shape[0] == p * p * 3 and c == 1:
-            sd[k] = t.reshape(p * p, 3, *t.shape[1:]).mean(dim=1)
-    sd = {k: v for k, v in sd.items() if "pos_embed" not in k}
-    skipped = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
-    sd = {k: v for k, v in sd.items() if k not in skipped}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if "pos_embed" not in k]
-    log.info("init from %s: %d tensors loaded, missing %s, unexpected %s, shape-skipped %s",
-             Path(path).name, len(sd), missing, unexpected, skipped)
+def load_mae_init(model: MaskedAutoencoderViT, path: str, mean=None, std=None):
+    """``--init``: any weights ``trainer.weights`` reads (the USF-MAE release, facebookresearch/mae
+    checkpoints such as the ImageNet MAE USF-MAE started from, timm ViTs, our checkpoints and
+    exports). With the data's ``mean``/``std`` the weights are converted to that normalisation
+    (3 -> 1 channel exactly for gray images); without, RGB filters are summed as they are."""
+    from trainer.weights import init_mae
+
+    return init_mae(model, path, mean, std)
 
 
 def main(argv=None) -> int:
@@ -140,7 +121,7 @@ def train(cfg: TrainConfig) -> int:
                       grad_checkpointing=cfg.grad_checkpointing)
     model = MaskedAutoencoderViT(mcfg)
     if cfg.init:
-        load_mae_init(model, cfg.init)
+        load_mae_init(model, cfg.init, loader.mean, loader.std)
     apex_ln = cfg.fused and use_apex_layernorm(model)
     ds_config, lr = build_ds_config(cfg, world, total_steps)
     op = ds_config.pop("optimizer", {}).get("params", {})

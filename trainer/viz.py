@@ -1,39 +1,77 @@
-"""Reconstruction grid: original | masked | reconstruction (visible patches pasted back)."""
+"""Reconstruction grids as in facebookresearch/mae's demo: one row per image, four panels:
+original | masked | reconstruction | reconstruction + visible (the visible patches pasted back)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+PANELS = ("original", "masked", "reconstruction", "reconstruction + visible")
+SHORT = ("original", "masked", "recon", "recon+visible")  # titles for narrow panels
+
 
 @torch.no_grad()
-def save_recon_grid(model, imgs: torch.Tensor, path: Path, mean: float, std: float, seed: int = 0) -> Path:
-    """imgs [B, C, H, W] normalised -> PNG with B rows of three [H, W] panels."""
-    import cv2
-
+def reconstruct(model, imgs: torch.Tensor, mask_ratio: float | None = None, seed: int = 0
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """imgs [B, C, H, W] normalised -> ({panel: [B, C, H, W] float32, normalised}, masked-patch
+    MSE per image [B]). The mask comes from a generator seeded with ``seed``: same seed, same mask."""
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
     x = imgs.to(dtype)
     g = torch.Generator(device=x.device).manual_seed(seed)
     noise = torch.rand(x.shape[0], model.cfg.num_patches, device=x.device, generator=g)
-    _, pred, mask = model(x, noise=noise)
-    pred = pred.float()
-    if model.cfg.norm_pix_loss:  # predictions are per-patch normalised: undo with the target stats
-        t = model.patchify(x.float())
-        pred = pred * (t.var(-1, keepdim=True) + 1e-6) ** 0.5 + t.mean(-1, keepdim=True)
-    m = mask.unsqueeze(-1).expand(-1, -1, model.cfg.patch_size**2 * model.cfg.in_chans)
-    masked = model.unpatchify(model.patchify(x.float()) * (1 - m))
-    recon = model.unpatchify(pred * m + model.patchify(x.float()) * (1 - m))
+    _, pred, mask = model(x, mask_ratio=mask_ratio, noise=noise)
     model.train(was_training)
+    pred, target = pred.float(), model.patchify(x.float())
+    if model.cfg.norm_pix_loss:  # predictions are per-patch normalised: undo with the target's stats
+        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+    m = mask.unsqueeze(-1).float()  # [B, N, 1], 1 = masked
+    err = (((pred - target) ** 2).mean(-1) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    panels = {"original": x.float(), "masked": model.unpatchify(target * (1 - m)),
+              "reconstruction": model.unpatchify(pred),
+              "reconstruction + visible": model.unpatchify(pred * m + target * (1 - m))}
+    return panels, err
 
-    def to_u8(t):
-        a = (t[:, 0].float().cpu().numpy() * std + mean) * 255.0
-        return np.clip(a, 0, 255).astype(np.uint8)
 
-    rows = [np.concatenate([o, mk, r], axis=1) for o, mk, r in zip(to_u8(x), to_u8(masked), to_u8(recon))]
+def to_gray_u8(t: torch.Tensor, mean: Sequence[float] | float, std: Sequence[float] | float) -> np.ndarray:
+    """[B, C, H, W] normalised -> [B, H, W] uint8 (channels un-normalised, then averaged)."""
+    c = t.shape[1]
+    m = torch.tensor([mean] * c if isinstance(mean, (int, float)) else list(mean), dtype=torch.float32)
+    s = torch.tensor([std] * c if isinstance(std, (int, float)) else list(std), dtype=torch.float32)
+    raw = t.float().cpu() * s.view(1, -1, 1, 1) + m.view(1, -1, 1, 1)
+    return np.clip(raw.mean(1).numpy() * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def grid_image(panels: dict[str, torch.Tensor], mean, std, header: bool = True) -> np.ndarray:
+    """The panels side by side, one row per image, a title strip on top -> [H', W'] uint8."""
+    import cv2
+
+    imgs = [to_gray_u8(panels[k], mean, std) for k in PANELS]
+    rows = [np.concatenate([p[i] for p in imgs], axis=1) for i in range(imgs[0].shape[0])]
     grid = np.concatenate(rows, axis=0)
+    if not header:
+        return grid
+    w = imgs[0].shape[2]
+    names = PANELS if w >= 160 else SHORT
+    strip = np.zeros((max(12, w // 12), grid.shape[1]), np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i, name in enumerate(names):  # the largest scale that fits the strip and the panel
+        (tw, th), _ = cv2.getTextSize(name, font, 1.0, 1)
+        scale = min((strip.shape[0] - 4) / th, (w - 4) / tw)
+        cv2.putText(strip, name, (i * w + 2, strip.shape[0] - 3), font, scale, 255, 1, cv2.LINE_AA)
+    return np.concatenate([strip, grid], axis=0)
+
+
+def save_recon_grid(model, imgs: torch.Tensor, path: Path, mean, std, seed: int = 0,
+                    mask_ratio: float | None = None) -> Path:
+    """imgs [B, C, H, W] normalised with ``mean``/``std`` (scalars or per channel) -> PNG."""
+    import cv2
+
+    panels, _ = reconstruct(model, imgs, mask_ratio, seed)
     path = Path(path)
-    cv2.imwrite(str(path), grid)
+    if not cv2.imwrite(str(path), grid_image(panels, mean, std)):
+        raise OSError(f"{path}: could not write the image")
     return path
