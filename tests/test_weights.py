@@ -165,6 +165,17 @@ def test_position_embeddings_resized_and_logged(files, caplog):
     assert mae(torch.randn(1, 3, 96, 96))[1].shape == (1, 36, 16 * 16 * 3)
 
 
+def test_norm_pix_decoder_only_merges_channels(files):
+    """Per-patch normalised targets do not move with the input's normalisation: the pixel head of
+    a norm_pix_loss model is only averaged over colour, the patch embedding is still converted."""
+    mae = MaskedAutoencoderViT(config_for("mae_vit_demo_patch16", img_size=IMG, norm_pix_loss=True))
+    rep = load_into_mae(mae, read_weights(files["usf_mae.pt"]), DATA)
+    src = files["src"].state_dict()
+    assert torch.allclose(mae.decoder_pred.weight, src["decoder_pred.weight"].reshape(256, 3, -1).mean(1))
+    assert any(s.startswith("patch_embed 3 -> 1") for s in rep.converted)
+    assert "decoder_pred 3 -> 1 channels (averaged: norm_pix_loss)" in rep.converted
+
+
 def test_what_cannot_load_is_refused_by_name(files, tmp_path):
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(WeightsError, match=r"r18.pth: not a ViT"):

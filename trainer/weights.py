@@ -413,8 +413,10 @@ def _resize_pos(t: torch.Tensor, grid: int, key: str, report: LoadReport) -> tor
 
 
 def _fit(weights: Weights, sd: dict[str, torch.Tensor], model_sd: dict[str, torch.Tensor], grid: int,
-         dst: Norm | None, report: LoadReport) -> dict[str, torch.Tensor]:
-    """Resize position embeddings, convert channels / normalisation; then every shape must fit."""
+         dst: Norm | None, report: LoadReport, norm_pix: bool = False) -> dict[str, torch.Tensor]:
+    """Resize position embeddings, convert channels / normalisation; then every shape must fit.
+    ``norm_pix``: the decoder predicts per-patch normalised pixels (``norm_pix_loss``), which a
+    per-channel affine change of the input does not move: its head only averages/spreads channels."""
     src = weights.norm
     chans = model_sd["patch_embed.proj.weight"].shape[1]
     if dst is None:  # data normalised the weights' way; channels replicated (plain sum / spread)
@@ -434,9 +436,11 @@ def _fit(weights: Weights, sd: dict[str, torch.Tensor], model_sd: dict[str, torc
         report.converted.append(f"patch_embed {what} (mean {_fmt(src.mean)} std {_fmt(src.std)} -> "
                                 f"mean {_fmt(dst.mean)} std {_fmt(dst.std)})")
         if "decoder_pred.weight" in sd and "decoder_pred.weight" in model_sd:
-            sd["decoder_pred.weight"], sd["decoder_pred.bias"] = convert_pixel_head(
-                sd["decoder_pred.weight"], sd["decoder_pred.bias"], weights.config.patch_size, src, dst)
-            report.converted.append(f"decoder_pred {what}")
+            hs, hd = (Norm.identity(src.chans), Norm.identity(dst.chans)) if norm_pix else (src, dst)
+            if hs != hd:
+                sd["decoder_pred.weight"], sd["decoder_pred.bias"] = convert_pixel_head(
+                    sd["decoder_pred.weight"], sd["decoder_pred.bias"], weights.config.patch_size, hs, hd)
+                report.converted.append(f"decoder_pred {what}" + (" (averaged: norm_pix_loss)" if norm_pix else ""))
     bad = [f"{k} {tuple(v.shape)} vs model {tuple(model_sd[k].shape)}" for k, v in sd.items()
            if k in model_sd and v.shape != model_sd[k].shape]
     if bad:
@@ -468,7 +472,8 @@ def load_into_mae(model: MaskedAutoencoderViT, weights: Weights | str | Path, no
                            f"model's {model.cfg.decoder_depth}x{model.cfg.decoder_embed_dim}")
     report = LoadReport(w.source, w.fmt, norm=norm or Norm.of(w.norm.mean, w.norm.std, model.cfg.in_chans))
     own = model.state_dict()
-    sd = _fit(w, {**w.encoder, **w.decoder}, own, int(model.patch_embed.num_patches ** 0.5), norm, report)
+    sd = _fit(w, {**w.encoder, **w.decoder}, own, int(model.patch_embed.num_patches ** 0.5), norm, report,
+              norm_pix=model.cfg.norm_pix_loss)
     report.skipped += sorted(w.classifier)
     sd = {k: v for k, v in sd.items() if k in own}
     report.skipped += sorted(set(w.encoder) - set(sd))
