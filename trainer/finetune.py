@@ -154,12 +154,11 @@ def read_encoder_config(export_dir: str | Path) -> dict:
 
 
 def resolve_init(init: str | Path, work_dir: str | Path | None = None) -> Path:
-    """Export dir for ``init``: an export dir itself, the ``model.safetensors`` inside one, or a
+    """What ``trainer.weights.read_weights`` reads for ``init``: a weights file (the USF-MAE release,
+    a facebookresearch/mae or timm file, an export's ``model.safetensors``), an export dir, or a
     training checkpoint dir exported on the fly with ``trainer.export.export_from_checkpoint``."""
     p = Path(init).expanduser()
-    if p.is_file() and (p.parent / "config.json").is_file():
-        return p.parent
-    if p.is_file():  # a weights file (USF-MAE release, facebookresearch/mae .pth, timm): trainer.weights
+    if p.is_file():
         return p
     if not p.is_dir():
         raise FileNotFoundError(f"--init {p}: no such weights file, export or checkpoint directory")
