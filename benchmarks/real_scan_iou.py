@@ -53,7 +53,7 @@ def iou(a, b) -> float:
 def measure(tmp: Path) -> tuple[list[dict], list]:
     from sharder.build import frame_crops
     from sharder.curate import CurateOptions
-    from sharder.frames import InputRejected, ReaderOptions
+    from sharder.frames import Frame, InputRejected, ReaderOptions
     from sharder.readers import iter_frames
 
     rows, tiles = [], []
@@ -70,9 +70,17 @@ def measure(tmp: Path) -> tuple[list[dict], list]:
             continue
         got = [tuple(c.crop) for _, c in crops]
         best = [max(iou(lab, g) for g in got) for lab in e["boxes"]]
+        # the same frame with its scanner regions withheld: what pixel detection alone achieves
+        # (a PNG export or screen recording of the same screen has no header to help)
+        try:
+            bare = [tuple(c.crop) for _, c in frame_crops(Frame(frame.pixels), CurateOptions())]
+            bare_iou = [round(max(iou(lab, g) for g in bare), 3) for lab in e["boxes"]]
+        except InputRejected as err:
+            bare_iou = err.reason
         rows.append({"id": e["id"], "label_basis": e["label_basis"], "labels": e["boxes"],
                      "crops": [list(g) for g in got], "ops": crops[0][1].ops,
-                     "iou": [round(v, 3) for v in best], "min_iou": round(min(best), 3)})
+                     "iou": [round(v, 3) for v in best], "min_iou": round(min(best), 3),
+                     "pixels_only_iou": bare_iou})
         tiles.append((e["id"], frame.pixels, e["boxes"], got))
     return rows, tiles
 
@@ -107,7 +115,8 @@ def main() -> None:
         rows, tiles = measure(Path(tmp))
     for r in rows:
         print(f"{r['id']:18s} " + ("missing" if r.get("missing") else
-                                   f"IoU {r['iou']}  {r.get('label_basis', '')}  {r.get('ops', r.get('rejected'))}"))
+                                   f"IoU {r['iou']}  pixels only {r.get('pixels_only_iou')}  {r.get('label_basis', '')}  "
+                                   f"{r.get('ops', r.get('rejected'))}"))
     Path(args.json).write_text(json.dumps({"goal_min_iou": 0.9, "files": rows}, indent=1) + "\n")
     if args.sheet and tiles:
         contact_sheet(tiles, Path(args.sheet))

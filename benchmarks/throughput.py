@@ -62,7 +62,7 @@ def _decode_bound(raw: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
-_GATE_FRAMES = 40  # frames the text-gate cost is measured on (~0.1-0.3 s each on one core)
+_GATE_FRAMES = 12  # frames the text-gate cost is measured on (~0.1-0.4 s each on one core)
 
 
 def _stage_costs(raw: Path) -> dict[str, float]:

@@ -45,13 +45,13 @@ from tqdm import tqdm
 from . import __version__
 from .codec import encode
 from .config import BuildConfig, DatasetSpec
-from .curate import CurateOptions, curate
+from .curate import CurateOptions, curate, find_scan_region, to_uint8
 from .dedup import NearDupIndex, phash64, phash_hex, pixel_hash
 from .frames import InputRejected, ReaderOptions
 from .keys import order_key, salted_hex, unit_interval
 from .manifest import FORMAT, VERSION
 from .readers import detect_format, iter_frames
-from .regions import regions_from_info, select_image_regions
+from .regions import refit_regions, regions_of, select_image_regions
 from .shards import file_sha256, write_shard
 
 log = logging.getLogger("usf_shard")
@@ -330,10 +330,26 @@ def _crop_targets(frame, shape: tuple[int, int], crop_mode: str) -> tuple[list[t
     ignored (op ``crop:region_mismatch``) and pixel detection is used, as for every other file."""
     if crop_mode != "auto":
         return [(0, None)], None
-    boxes, status = select_image_regions(regions_from_info(frame.info), shape)
+    regions = regions_of(frame)
+    boxes, status = select_image_regions(regions, shape)
     if status == "ok":
         return list(enumerate(boxes)), None
-    return [(0, None)], ("crop:region_mismatch" if status == "mismatch" else None)
+    if status != "mismatch":
+        return [(0, None)], None
+    # the pixels were cut or resampled after the header was written: a refit is used only when
+    # the tissue the pixels show lies inside it (else pixel detection, as for any other file)
+    refit, how = refit_regions(regions, shape)
+    boxes, status = select_image_regions(refit, shape) if refit else ([], "none")
+    if status == "ok":
+        px = frame.pixels
+        gray = to_uint8(px if px.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(px[..., :3]).astype(np.uint8),
+                                                             cv2.COLOR_RGB2GRAY))[0]
+        ty0, tx0, ty1, tx1 = find_scan_region(gray)
+        sy, sx = max(4, shape[0] // 20), max(4, shape[1] // 20)  # 5% slack
+        if any(ty0 >= y0 - sy and tx0 >= x0 - sx and ty1 <= y1 + sy and tx1 <= x1 + sx
+               for y0, x0, y1, x1 in boxes):
+            return list(enumerate(boxes)), f"crop:region_{how}"
+    return [(0, None)], "crop:region_mismatch"
 
 
 def frame_crops(frame, copts: CurateOptions) -> list[tuple[int, object]]:
@@ -371,7 +387,7 @@ class _TextGate:
     def new_geometry(self, frame) -> None:
         from .textgate import frames_to_check
 
-        self.picks = frames_to_check(frame.info.get("n_frames"))
+        self.picks = frames_to_check(frame.n_frames)
         self.last_crop.clear()
         self.found.clear()
 

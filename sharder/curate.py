@@ -43,14 +43,21 @@ _BG_DELTA_CLEAN = 3.0  # ... or this when the margin is digitally clean (exactly
 # black is noisy (+-3) and keeps the wide delta
 _CLEAN_BG_FRAC = 0.25  # "digitally clean": >= this share of the frame sits exactly at the level
 _CLEAN_BG_NOISE = 0.5  # ... and the 5x5 variance of those pixels is below this
-_MIN_REGION_FRAC = 0.03  # a scan region smaller than this share of the frame is "not found"
+_MIN_REGION_FRAC = 0.02  # a scan region smaller than this share of the frame is "not found"
+# (0.03 before; a curvilinear probe in air shows only its 250x85 px arc on 800x600: 0.029)
 _MERGE_MIN_FRAC = 0.03  # fragments (split off by dark fluid) merged if >= this share of the main part
 _MERGE_MAX_GAP_FRAC = 0.45  # ... and at most this share of the frame height away, vertically
 # (0.2 was tuned on the phantom; a real linear image with an echo-free middle third, reverberation
 # at the top and speckle at the bottom, measured 0.38 of the frame height; the column-span rule
 # below is what keeps banners and side panels out, not the gap)
 _MARGIN_BG_FRAC = 0.7  # a strip cut off the frame must be >= 70% margin-like, else snap back
+_CUT_MARK_FRAC = 0.01  # ... and only cuts off strips that hold marks (text, bars), see _holds_marks
+# (measured share of bright pixels in the cut strips: 0.035-0.055 with vendor text columns,
+# 0.003 for a SonoSite fan whose only marks are a few marker dots)
+_BANNER_MIN_WIDTH = 0.9  # a component this wide (share of the frame) ...
+_BANNER_MAX_HEIGHT = 0.2  # ... this low and on the top/bottom edge is a banner bar (Philips: 60 px)
 _REFINE_MIN_FRAC = 0.5  # a refined scanner region keeps >= this share of the region's area
+_STRIP_MAX_FRAC = 0.12  # a side strip (scale bar) trimmed off the box is at most this share of it
 _SEPARATOR_FRAC = 0.97  # a line this margin-like along a whole side of the box separates it
 _FLAT_VAR = 2.25  # 5x5 variance below this (std 1.5) is flat: margins are, speckle never is
 _DIM_MAX_DELTA = 30.0  # dim tissue has no pixel brighter than threshold + this within 5 px
@@ -369,7 +376,13 @@ def _scan_region(gray: np.ndarray) -> tuple[tuple[int, int, int, int], bool, flo
     if n <= 1:
         return full, False, bg_frac
     stats = stats[1:]
-    areas = stats[:, cv2.CC_STAT_AREA]
+    areas = stats[:, cv2.CC_STAT_AREA].copy()
+    # a filled patient banner (a full-width bar along the top or bottom edge) is never the image,
+    # even when it outweighs a dark one (a probe-in-air arc under a Philips banner)
+    top, height = stats[:, cv2.CC_STAT_TOP], stats[:, cv2.CC_STAT_HEIGHT]
+    banner = ((stats[:, cv2.CC_STAT_WIDTH] >= _BANNER_MIN_WIDTH * w) & (height <= _BANNER_MAX_HEIGHT * h)
+              & ((top == 0) | (top + height == h)))
+    areas[banner] = 0
     main = int(np.argmax(areas))
     if areas[main] < _MIN_REGION_FRAC * h * w:
         return full, False, bg_frac
@@ -394,7 +407,8 @@ def _scan_region(gray: np.ndarray) -> tuple[tuple[int, int, int, int], bool, flo
     rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
     box = [int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1]
     margin, flat_bg = _margin_mask(gray, fg, thresh)
-    return _snap_to_edges(box, margin, flat_bg, 2 * k), True, bg_frac
+    box = _snap_to_edges(box, margin, flat_bg, 2 * k)
+    return _trim_side_strips(box, margin), True, bg_frac
 
 
 def _refine_region(gray: np.ndarray, region: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], str]:
@@ -406,11 +420,26 @@ def _refine_region(gray: np.ndarray, region: tuple[int, int, int, int]) -> tuple
     """
     h, w = gray.shape[:2]
     y0, x0, y1, x1 = max(0, region[0]), max(0, region[1]), min(h, region[2]), min(w, region[3])
-    inner, found, _ = _scan_region(np.ascontiguousarray(gray[y0:y1, x0:x1]))
+    crop = np.ascontiguousarray(gray[y0:y1, x0:x1])
+    inner, found, _ = _scan_region(crop)
     area = (inner[2] - inner[0]) * (inner[3] - inner[1])
-    if found and area >= _REFINE_MIN_FRAC * (y1 - y0) * (x1 - x0):
+    if found and area >= _REFINE_MIN_FRAC * (y1 - y0) * (x1 - x0) and _holds_marks(crop, inner):
         return (y0 + inner[0], x0 + inner[1], y0 + inner[2], x0 + inner[3]), "crop:region_refined"
     return (y0, x0, y1, x1), "crop:region"
+
+
+def _holds_marks(crop: np.ndarray, inner: tuple[int, int, int, int]) -> bool:
+    """Whether what a refinement would cut off the scanner region holds anything (text, bars,
+    markers: >= _CUT_MARK_FRAC bright pixels). When it is empty black, the region is kept
+    whole: a phased-array fan's flanks are often echo-free and darker than any threshold
+    (a SonoSite cardiac fan: the visible heart is half the fan's width)."""
+    keep = np.zeros(crop.shape[:2], bool)
+    keep[inner[0]:inner[2], inner[1]:inner[3]] = True
+    cut = crop[~keep]
+    if cut.size == 0:
+        return False
+    level = float(np.percentile(crop[::2, ::2], _BG_PERCENTILE))
+    return float((cut > level + 4 * _BG_DELTA).mean()) >= _CUT_MARK_FRAC
 
 
 def _bg_delta(sample: np.ndarray, level: float) -> float:
@@ -497,6 +526,35 @@ def _snap_to_edges(box: list[int], margin: np.ndarray, flat: np.ndarray,
     if not cut_ok(margin[y0:y1, x1:], flat[y0:y1, x1:x1 + reach].T):
         x1 = w
     return y0, x0, y1, x1
+
+
+def _trim_side_strips(box: tuple[int, int, int, int], margin: np.ndarray) -> tuple[int, int, int, int]:
+    """Cut a narrow strip off a side of the box when it is mostly margin and the image starts
+    abruptly after it: a column of focus/depth markers or a scale bar that touches the image
+    (GE's linear image: focus triangles and power-Doppler bars bridge margin and image, and the
+    box took 7 px of margin with them).
+
+    Occupancy of a column (row) = share of its pixels inside the box that are not margin-like
+    (tissue, including dim tissue). A strip of <= _STRIP_MAX_FRAC of the box whose mean occupancy
+    is < 0.5, followed by a line >= 0.9 occupied, is cut. A fan's flank rises gradually and
+    has no such step; an already-cropped frame is occupied everywhere.
+    """
+    y0, x0, y1, x1 = box
+    inner = ~margin[y0:y1, x0:x1]
+    out = [y0, x0, y1, x1]
+    for axis, (lo, hi) in ((0, (1, 3)), (1, (0, 2))):  # columns set x0/x1, rows set y0/y1
+        occ = inner.mean(axis=axis)
+        n = occ.size
+        reach = int(n * _STRIP_MAX_FRAC)
+        if n < 20 or reach < 3:
+            continue
+        full = np.nonzero(occ[:reach] >= 0.9)[0]
+        if full.size and full[0] >= 3 and float(occ[:full[0]].mean()) < 0.5:
+            out[lo] += int(full[0])
+        full = np.nonzero(occ[::-1][:reach] >= 0.9)[0]
+        if full.size and full[0] >= 3 and float(occ[n - full[0]:].mean()) < 0.5:
+            out[hi] -= int(full[0])
+    return out[0], out[1], out[2], out[3]
 
 
 def _thin_components(mask: np.ndarray) -> np.ndarray:

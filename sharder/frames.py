@@ -19,6 +19,7 @@ class Frame:
     index: frame index in a cine/video, slice index in a volume, 0 for a still image.
     axis: volume axis the slice was cut along (0, 1, 2), None for 2D sources.
     group_hint: raw patient/study identifier from the file (hashed by the caller, never stored).
+    regions, n_frames: integers only (never tag text): crop regions and the source's frame count.
     """
 
     pixels: np.ndarray
@@ -26,6 +27,10 @@ class Frame:
     axis: int | None = None
     group_hint: str | None = None
     info: dict = field(default_factory=dict)  # reader notes, e.g. {"photometric": "YBR_FULL_422"}
+    # the scanner's image regions (DICOM SequenceOfUltrasoundRegions) as lists of 6 ints
+    # [y0, x0, y1, x1, spatial format, data type], end-exclusive (see sharder/regions.py)
+    regions: list = field(default_factory=list)
+    n_frames: int | None = None  # frames the reader will yield for this source, when it knows
 
 
 @dataclass

@@ -476,6 +476,7 @@ class _DicomHeader:
     file_size: int
     group_hint: str | None
     info: dict = field(default_factory=dict)
+    regions: list = field(default_factory=list)  # SequenceOfUltrasoundRegions, as 6-int lists
 
 
 def _dicom_number(ds: Any, keyword: str, default: float | None, cast: Callable[[Any], Any]) -> Any:
@@ -571,15 +572,17 @@ def _read_dicom_header(f: io.BufferedReader, file_size: int) -> _DicomHeader:
         photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     info = {"photometric": photometric if photometric in _DICOM_PHOTOMETRIC else "other",
             "transfer_syntax": tsyntax.name if known_ts else "unknown"}
-    # the scanner's own scan regions (integers only: see sharder/regions.py) crop first
+    return _DicomHeader(ds, tsyntax, bool(meta and meta.get("TransferSyntaxUID")), pixel_pos,
+                        file_size, _dicom_group_hint(ds), info, _dicom_regions(ds))
+
+
+def _dicom_regions(ds: Any) -> list[list[int]]:
+    """The scanner's own image regions (integers only: see sharder/regions.py)."""
     from .regions import read_us_regions
 
     with _quiet(), contextlib.suppress(Exception):
-        regions = read_us_regions(ds)
-        if regions:
-            info["us_regions"] = [r.as_list() for r in regions]
-    return _DicomHeader(ds, tsyntax, bool(meta and meta.get("TransferSyntaxUID")), pixel_pos,
-                        file_size, _dicom_group_hint(ds), info)
+        return [r.as_list() for r in read_us_regions(ds)]
+    return []
 
 
 def _dicom_indices(n_frames: int, opts: ReaderOptions) -> range:
@@ -712,8 +715,10 @@ def _iter_dicom_video(f: io.BufferedReader, hdr: _DicomHeader, demuxer: str,
         tail = read_dataset(f, hdr.tsyntax.is_implicit_VR, hdr.tsyntax.is_little_endian,
                             stop_when=lambda tag, vr, length: tag > Tag(0x7FE00010))
         stream = b"".join(generate_frames(tail.PixelData, number_of_frames=1))
-    yield from _iter_av(io.BytesIO(stream), opts, demuxer=demuxer, group_hint=hdr.group_hint,
-                        info=hdr.info)
+    for frame in _iter_av(io.BytesIO(stream), opts, demuxer=demuxer, group_hint=hdr.group_hint,
+                          info=hdr.info):
+        frame.regions = hdr.regions  # the scanner's regions hold for its encoded cine too
+        yield frame
 
 
 def _iter_dicom(path: Path, opts: ReaderOptions) -> Iterator[Frame]:
@@ -744,7 +749,6 @@ def _iter_dicom(path: Path, opts: ReaderOptions) -> Iterator[Frame]:
 
         mapper = _DicomPixelMapper(ds)
         indices = _dicom_indices(max(_dicom_int(ds, "NumberOfFrames", 1), 1), opts)
-        hdr.info["n_frames"] = len(indices)  # frames this read yields (the text gate samples them)
 
         kwargs: dict[str, Any] = {"indices": indices}
         if not hdr.has_file_meta:
@@ -770,7 +774,8 @@ def _iter_dicom(path: Path, opts: ReaderOptions) -> Iterator[Frame]:
             while (arr := _next(frames, decode_error)) is not _DONE:
                 with _guard(map_error):
                     pixels = mapper(arr)
-                yield Frame(pixels, index=indices[done], group_hint=hdr.group_hint, info=dict(hdr.info))
+                yield Frame(pixels, index=indices[done], group_hint=hdr.group_hint, info=dict(hdr.info),
+                            regions=hdr.regions, n_frames=len(indices))
                 done += 1
         finally:
             frames.close()  # before the file it reads from is closed

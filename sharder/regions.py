@@ -84,9 +84,9 @@ def read_us_regions(ds: Any) -> list[UsRegion]:
     return out
 
 
-def regions_from_info(info: dict) -> list[UsRegion]:
-    """The regions a reader stored in ``Frame.info["us_regions"]`` (lists of 6 ints)."""
-    return [UsRegion(*map(int, r)) for r in info.get("us_regions", ()) if len(r) == 6]
+def regions_of(frame: Any) -> list[UsRegion]:
+    """The regions a reader stored in ``Frame.regions`` (lists of 6 ints)."""
+    return [UsRegion(*map(int, r)) for r in getattr(frame, "regions", None) or () if len(r) == 6]
 
 
 def _inside(a: UsRegion, b: UsRegion, slack: int = 2) -> bool:
@@ -109,6 +109,36 @@ def select_image_regions(regions: list[UsRegion], shape: tuple[int, int],
     # a region may end one pixel past the frame (inclusive/exclusive confusion of some writers)
     if any(r.y1 > h + 1 or r.x1 > w + 1 for r in regions):
         return [], "mismatch"
+    return _image_boxes(regions, shape, min_side)
+
+
+def refit_regions(regions: list[UsRegion], shape: tuple[int, int]) -> tuple[list[UsRegion], str]:
+    """Candidate regions for a frame they do not fit, and how they were refitted.
+
+    - ``"clipped"``: they overflow one axis only (the frame was cut, e.g. 600 -> 350 rows, at
+      the same scale): each region is clipped to the frame.
+    - ``"rescaled"``: they overflow both axes and divided by the smallest integer k in 2..4 they
+      all fit (the frame was resampled 1/k, e.g. 640x480 -> 320x240).
+    - ``"mismatch"``: neither. The caller must check a refit against the pixels before use.
+    """
+    h, w = shape
+    over_y = any(r.y1 > h + 1 for r in regions)
+    over_x = any(r.x1 > w + 1 for r in regions)
+    if over_y != over_x:
+        clipped = [UsRegion(min(r.y0, h), min(r.x0, w), min(r.y1, h), min(r.x1, w), r.spatial,
+                            r.data_type) for r in regions]
+        return [r for r in clipped if r.area > 0], "clipped"
+    for k in (2, 3, 4):
+        scaled = [UsRegion(r.y0 // k, r.x0 // k, -(-r.y1 // k), -(-r.x1 // k), r.spatial, r.data_type)
+                  for r in regions]
+        if all(r.y1 <= h + 1 and r.x1 <= w + 1 for r in scaled):
+            return scaled, "rescaled"
+    return [], "mismatch"
+
+
+def _image_boxes(regions: list[UsRegion], shape: tuple[int, int],
+                 min_side: int) -> tuple[list[tuple[int, int, int, int]], str]:
+    h, w = shape
     kept = [r for r in regions if REGION_POLICY.get((r.spatial, r.data_type)) == "keep"
             and min(r.y1 - r.y0, r.x1 - r.x0) >= min_side]
     outer = [r for r in kept if not any(o is not r and o.area > r.area and _inside(r, o) for o in kept)]

@@ -53,7 +53,13 @@ def test_demo_build_verifies_and_accounts(demo_shards):
     assert ds["breast_png"]["anatomy"] == "breast"
     dups = [json.loads(x) for x in (demo_shards / "duplicates.jsonl").read_text().splitlines()]
     assert len(dups) == t["duplicates"]
-    assert {"exact", "near"} <= {d["kind"] for d in dups}
+    # near-duplicates are found (the cross-dataset duplicate, a DICOM with scanner regions and
+    # its PNG export, is cropped from the region in one and from the pixels in the other: a
+    # couple of pixels apart, so it is dropped as near at distance 0 rather than as exact), and
+    # every drop records its Hamming distance
+    assert "near" in {d["kind"] for d in dups}
+    assert all(isinstance(d["distance"], int) and 0 <= d["distance"] <= 4 for d in dups)
+    assert any(d["distance"] == 0 for d in dups)
 
 
 def test_samples_follow_the_contract(demo_shards):
@@ -189,6 +195,9 @@ def test_holdout_sets_stay_out_and_leaks_are_dropped(tmp_path):
     assert m["datasets"]["pretrain_breast"]["written"] == 2
     dups = [json.loads(x) for x in (tmp_path / "out" / "duplicates.jsonl").read_text().splitlines()]
     assert sorted(d["kind"] for d in dups) == ["holdout_leak", "holdout_leak"]
+    # the evidence of each leak drop: the identical PNG at 0, the JPEG re-encode within the bound
+    assert sorted(d["distance"] for d in dups)[0] == 0
+    assert all(0 <= d["distance"] <= cfg.holdout_leak_max_dist for d in dups)
     for _, _, _, meta in _samples(tmp_path / "out", "train"):
         assert meta["dataset"] != "busbra"
     assert {meta["dataset"] for *_, meta in _samples(tmp_path / "out", "holdout")} == {"busbra"}
