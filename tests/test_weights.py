@@ -226,3 +226,12 @@ def test_baseline_ckpt_takes_a_release_file(tmp_path):
     vit = FT.load_baseline("vit_tiny_patch16_224", 2, ckpt=tmp_path / "usf_mae_tiny.pt", img_size=32, in_chans=3)
     assert torch.equal(vit.blocks[11].mlp.fc2.weight, mae.blocks[11].mlp.fc2.weight)
     assert vit.head.weight.shape == (2, 192)
+
+
+def test_describe_command(files, tmp_path, capsys):
+    from trainer.weights import main
+
+    assert main([str(files["usf_mae.pt"]), str(files["mae_pretrain_vit.pth"])]) == 0
+    out = capsys.readouterr().out
+    assert "[usf-mae]: ViT patch 16, 192 wide, 4 deep" in out and "no decoder" in out and "ImageNet" in out
+    assert main([str(tmp_path / "none.pt")]) == 1 and "no such file" in capsys.readouterr().err

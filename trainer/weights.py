@@ -549,3 +549,29 @@ def _groups(keys: list[str]) -> str:
         head = k.split(".")[0]
         counts[head] = counts.get(head, 0) + 1
     return ", ".join(f"{h}.* ({n})" if n > 1 else h for h, n in counts.items())
+
+
+def main(argv=None) -> int:
+    """``python -m trainer.weights PATH ...``: what each file or folder is and what it expects."""
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m trainer.weights WEIGHTS [WEIGHTS ...]", file=sys.stderr)
+        return 2
+    rc = 0
+    for p in paths:
+        try:
+            w = read_weights(p)
+        except WeightsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            rc = 1
+            continue
+        print(w.describe())
+        for note in w.notes:
+            print(f"  - {note}")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
