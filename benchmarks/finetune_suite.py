@@ -10,6 +10,13 @@ Each (task, model) runs :func:`trainer.finetune.run_finetune` into
 without ``--init``, is reported as *skipped*; a run that raises is reported as *failed* with its
 error, the others still run, and the exit status is 1. The USF-MAE paper's figures stand beside
 ours for every task.
+
+Under ``torchrun --nproc_per_node N benchmarks/finetune_suite.py ...`` every run uses the N ranks
+(``trainer.finetune``: DDP, ``--batch-size`` per rank) and rank 0 writes the tables. Precision
+follows the runner's rule (``--precision auto``: bf16 where the hardware runs it natively, else
+fp32); the choice and its reason are in each ``results.json`` (``compute_precision``) and in
+``comparison.json``. ``--resume`` checkpoints every epoch and continues every run from its last
+checkpoint (a finished run is only re-scored): give it from the first attempt on.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from pathlib import Path
 
 from trainer.downstream import PAPER_RESULTS, TASKS
 from trainer.finetune import ENCODER, FinetuneConfig, run_finetune
+from trainer.finetune_dist import is_main_process, shutdown
 from trainer.metrics import HEADLINE, pct
 
 SUITE_TASKS = ("busbra", "mmotu2d", "gist514")
@@ -52,6 +60,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--loader", default="torch", choices=["torch", "dali"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the GPU/CPU runs it natively, else fp32")
+    p.add_argument("--resume", action="store_true",
+                   help="checkpoint every epoch and continue each run from its latest checkpoint (a fresh start "
+                        "where there is none): pass it from the first attempt on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -63,17 +76,22 @@ def _row(task: str, model: str, status: str, reason: str = "", res: dict | None 
         row[m] = res.get(m) if res else None
         row[f"{m}_std"] = (res.get("std") or {}).get(m) if res else None
     if res:
+        prec = res.get("compute_precision") or {}
         row.update(n_test=res.get("n_test") or sum(f["n_test"] for f in res.get("folds", [])),
-                   n_folds=res.get("n_folds", 1), elapsed_s=res.get("elapsed_s"), label=res.get("model"))
+                   n_folds=res.get("n_folds", 1), elapsed_s=res.get("elapsed_s"), label=res.get("model"),
+                   compute_precision=prec.get("used"), compute_precision_reason=prec.get("reason"))
     return row
 
 
 def comparison_markdown(rows: list[dict], cfg: dict) -> str:
     """One table: every (task, model) run plus the paper's own figure for each task."""
+    used = sorted({f"{r['compute_precision']} ({r['compute_precision_reason']})" for r in rows
+                   if r.get("compute_precision")})
     head = ["# Downstream comparison", "",
             (f"mode: {'linear probe' if cfg.get('linear_probe') else 'fine-tune'}; "
              f"{'cross-validation (mean ± std)' if cfg.get('cv') else 'official default split'}; "
-             f"epochs {cfg.get('epochs')}; metrics in %, macro-averaged"), "",
+             f"epochs {cfg.get('epochs')}; metrics in %, macro-averaged"
+             + (f"; precision {', '.join(used)}" if used else "")), "",
             "| task | model | status | " + " | ".join(METRIC_NAMES[m] for m in HEADLINE) + " |",
             "|---|---|---|" + "---:|" * len(HEADLINE)]
     lines = []
@@ -98,7 +116,8 @@ def run_suite(args: argparse.Namespace) -> tuple[list[dict], int]:
     base = FinetuneConfig(epochs=epochs, warmup_epochs=0.0 if args.quick else FinetuneConfig.warmup_epochs,
                           batch_size=args.batch_size, img_size=args.img_size, workers=args.workers,
                           loader=args.loader, device=args.device, seed=args.seed, cv=args.cv,
-                          linear_probe=args.linear_probe, progress=not args.no_progress)
+                          linear_probe=args.linear_probe, progress=not args.no_progress, precision=args.precision,
+                          save_every=1 if args.resume else 0, resume="auto" if args.resume else None)
     rows, failed = [], 0
     for task in SUITE_TASKS:
         root = getattr(args, task)
@@ -125,6 +144,8 @@ def run_suite(args: argparse.Namespace) -> tuple[list[dict], int]:
                                                      time.time() - t0)
     cfg_dict = {**asdict(base), "models": models, "init": args.init,
                 "data_roots": {t: getattr(args, t) for t in SUITE_TASKS}}
+    if not is_main_process():  # every rank ran every run; rank 0 writes the tables
+        return rows, failed
     (out / "comparison.json").write_text(json.dumps(
         {"rows": rows, "paper": {"model": "USF-MAE (paper)", "percent": PAPER_RESULTS}, "config": cfg_dict},
         indent=2, default=str))
@@ -136,7 +157,10 @@ def run_suite(args: argparse.Namespace) -> tuple[list[dict], int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _, failed = run_suite(parse_args(argv))
+    try:
+        _, failed = run_suite(parse_args(argv))
+    finally:
+        shutdown()
     return 1 if failed else 0
 
 

@@ -366,6 +366,12 @@ def test_suite_runs_all_tasks(env, tmp_path):
     assert md.count("USF-MAE (paper)") == 3 and "| busbra | USF-MAE (paper) | reported | — | — | — | 81.6 | — |" in md
     cmp_json = json.loads((out / "comparison.json").read_text())
     assert len(cmp_json["rows"]) == 9 and cmp_json["paper"]["percent"]["gist514"]["f1"] == 82.4
+    # --precision auto follows trainer.precision's rule for this machine, recorded per run
+    from trainer.precision import resolve_precision
+
+    used, why = resolve_precision("auto", torch.device("cpu"))
+    assert {(r["compute_precision"], r["compute_precision_reason"]) for r in cmp_json["rows"]} == {(used, why)}
+    assert f"precision {used} ({why})" in md
     # no data roots and no --init: everything skipped, nothing failed, exit status 0
     assert S.main(["--output-dir", str(tmp_path / "empty"), "--quick", "--no-progress"]) == 0
     skipped = json.loads((tmp_path / "empty" / "comparison.json").read_text())["rows"]

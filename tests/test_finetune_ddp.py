@@ -165,6 +165,10 @@ def test_resume_mid_epoch_one_rank(tmp_path, monkeypatch):
     assert logs[0] == logs[1] and len(logs[0].splitlines()) == 3
     ckpts = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert ckpts[-2:] == ["e0003_s000000", "latest"] and len([c for c in ckpts if c.startswith("e")]) == 1
+    final = tmp_path / "cut" / "checkpoints" / "e0003_s000000"
+    assert sorted(f.name for f in final.iterdir()) == ["model.safetensors", "state.json"]  # complete: slimmed
+    rescored = FT.finetune(data[:28], data[28:], output_dir=str(tmp_path / "cut"), resume="auto", **kw)
+    assert rescored["test_loss"] == full["test_loss"] and rescored["best_epoch"] == full["best_epoch"]
     with pytest.raises(ValueError, match="another configuration.*lr"):
         FT.finetune(data[:28], data[28:], output_dir=str(tmp_path / "cut"), resume="auto", **{**kw, "lr": 2e-3})
 

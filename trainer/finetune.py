@@ -635,22 +635,23 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
         best.update(score=-math.inf if st["best_score"] is None else st["best_score"],
                     epoch=cfg.epochs - 1 if st["best_epoch"] is None else st["best_epoch"], val=st["best_val"],
                     state=best_w)
-        train_loader.load_state_dict(rank_st["loader"])
-        totals = EpochTotals(float(rank_st["loss_sum"]), int(rank_st["seen"]))
-        set_rng_state(rank_st["rng"])  # last: nothing after it draws before training continues
+        if rank_st is not None:  # None: a finished run, only re-scored
+            train_loader.load_state_dict(rank_st["loader"])
+            totals = EpochTotals(float(rank_st["loss_sum"]), int(rank_st["seen"]))
+            set_rng_state(rank_st["rng"])  # last: nothing after it draws before training continues
         if ctx.is_main:
             log.info("resumed from %s (epoch %d, step %d)", resume_from, start_epoch, start_step)
     if main_dir is not None:  # a fresh run starts a fresh log; a resumed one its saved records
         (main_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    def save(epoch_done: int, step: int, tot: EpochTotals) -> None:
+    def save(epoch_done: int, step: int, tot: EpochTotals) -> Path:
         state = {"fingerprint": fingerprint, "log": records,
                  "best_score": None if best["score"] == -math.inf else best["score"],
                  "best_epoch": best["epoch"] if best["state"] is not None else None, "best_val": best["val"]}
         rank_state = {"rng": rng_state(), "loader": train_loader.state_dict(), "loss_sum": tot.loss_sum,
                       "seen": tot.seen}
-        ckpts.save(epoch_done, step, model=model, optimizer=optimizer, state=state, rank_state=rank_state,
-                   best_weights=best["state"])
+        return ckpts.save(epoch_done, step, model=model, optimizer=optimizer, state=state, rank_state=rank_state,
+                          best_weights=best["state"])
 
     def after_step(step: int, tot: EpochTotals, epoch: int) -> None:
         if ckpts is not None and cfg.save_every_steps > 0 and step % cfg.save_every_steps == 0 \
@@ -684,7 +685,9 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
             with (main_dir / "log.jsonl").open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
         if ckpts is not None and (epoch + 1 == cfg.epochs or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0)):
-            save(epoch + 1, 0, EpochTotals())
+            final = save(epoch + 1, 0, EpochTotals())
+            if epoch + 1 == cfg.epochs:
+                ckpts.finish(final)
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     res = evaluate(model, test_loader, len(test), cfg, device, ctx, k, "test")
@@ -798,7 +801,7 @@ def aggregate_runs(runs: list[dict], out_dir: Path | None = None) -> dict:
     first = runs[0]
     pooled = M.classification_metrics(y, probs, first["class_names"])
     out = {k: first[k] for k in ("task", "title", "mode", "model", "class_names", "paper", "config", "encoder",
-                                 "versions")}
+                                 "versions", "compute_precision", "distributed")}
     out.update({
         "split": "cv", "n_folds": len(runs), **agg["mean"], "mean": agg["mean"], "std": agg["std"],
         **{f"{m}_std": agg["std"][m] for m in M.HEADLINE},

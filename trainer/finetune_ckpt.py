@@ -13,7 +13,10 @@ Layout under ``RUN_DIR/checkpoints/``::
     latest                    name of the newest complete checkpoint
 
 ``latest`` moves only after every rank finished writing (barriers on both sides), so a run
-killed mid-save resumes from the previous checkpoint. Everything is read back with safetensors,
+killed mid-save resumes from the previous checkpoint. When the run has finished,
+:meth:`FinetuneCheckpoints.finish` drops the optimizer and per-rank files of the final checkpoint
+and marks it complete: what stays (weights + state) re-scores the test set on ``--resume``
+without training, with any number of ranks. Everything is read back with safetensors,
 ``json`` or ``torch.load(weights_only=True)`` (design §3: nothing is unpickled).
 """
 from __future__ import annotations
@@ -140,27 +143,42 @@ class FinetuneCheckpoints:
             if f.name not in used:
                 f.unlink(missing_ok=True)
 
+    def finish(self, path: Path) -> None:
+        """Mark the final checkpoint complete and drop what only further training would need."""
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            state = json.loads((path / "state.json").read_text())
+            (path / "state.json").write_text(json.dumps({**state, "complete": True}, indent=1))
+            for f in [path / "optimizer.pt", *path.glob("rank*.pt")]:
+                f.unlink(missing_ok=True)
+        self.ctx.barrier()
+
     # -- loading
     def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: dict
-             ) -> tuple[dict, dict, dict[str, torch.Tensor] | None]:
+             ) -> tuple[dict, dict | None, dict[str, torch.Tensor] | None]:
         """Restore model and optimizer from checkpoint ``path``; returns (state, this rank's state,
-        best weights or None). The caller restores the loader and RNG from the rank state. Refuses
-        a checkpoint of another world size or another configuration, naming what differs."""
+        best weights or None). The caller restores the loader and RNG from the rank state (None
+        for a complete run: nothing left to train). Refuses a checkpoint of another
+        configuration, or of another world size unless complete, naming what differs."""
         state = json.loads((path / "state.json").read_text())
-        if state.get("world_size") != self.ctx.world_size:
+        complete = bool(state.get("complete"))
+        if state.get("world_size") != self.ctx.world_size and not complete:
             raise ValueError(f"{path}: saved by {state.get('world_size')} rank(s), this run has {self.ctx.world_size}; "
                              "resume with the same number of ranks (loader positions and RNG streams are per rank)")
         saved = state.get("fingerprint", {})
-        diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        ignore = {"world_size"} if complete else set()
+        diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k) and k not in ignore)
         if diff:
             what = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff[:6])
             raise ValueError(f"{path}: saved with another configuration ({what}); resume with the same settings "
                              "or start a fresh output dir")
-        rank_file = path / f"rank{self.ctx.rank}.pt"
-        if not rank_file.is_file():
-            raise FileNotFoundError(f"{rank_file}: missing (checkpoint incomplete)")
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+        rank_state = None
+        if not complete:
+            rank_file = path / f"rank{self.ctx.rank}.pt"
+            if not rank_file.is_file():
+                raise FileNotFoundError(f"{rank_file}: missing (checkpoint incomplete)")
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
         best = load_file(str(path.parent / state["best_file"])) if state.get("best_file") else None
         return state, rank_state, best
