@@ -62,6 +62,7 @@ class ProofConfig:
     recon: str | None = None  # reconstruction grid to name under the table
     shards: str | None = None  # pretraining shard dir: check the task was held out of it
     holdout_name: str = "lesions_holdout"  # the task's dataset name in that build
+    precision: str = "auto"  # the runner's rule: bf16 where the hardware runs it natively, else fp32
 
 
 def load_task(csv_path: str | Path, curate: bool = True):
@@ -130,7 +131,7 @@ def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | 
         crop_min=cfg.probe_crop_min if probe else cfg.finetune_crop_min, probe_augment=cfg.probe_augment,
         randaug_ops=cfg.finetune_randaug, reprob=cfg.finetune_reprob, warmup_epochs=1 if probe else 2,
         batch_size=cfg.batch_size, seed=cfg.seed if seed is None else seed, workers=cfg.workers,
-        progress=False, val_fraction=0.0, output_dir=output_dir)
+        progress=False, val_fraction=0.0, output_dir=output_dir, precision=cfg.precision)
 
 
 def run_cell(train, test, names, cfg: ProofConfig, method: str, init: str, output_dir: str | None = None,
@@ -141,7 +142,8 @@ def run_cell(train, test, names, cfg: ProofConfig, method: str, init: str, outpu
     t = time.time()
     r = finetune(train, test, finetune_config(cfg, method, init, output_dir, seed), class_names=names)
     return {"method": method, "init": init, "accuracy": r["accuracy"], "f1": r["f1"], "auc": r["auc"],
-            "n_train": r["n_train"], "n_test": r["n_test"], "seconds": round(time.time() - t, 1)}
+            "n_train": r["n_train"], "n_test": r["n_test"], "seconds": round(time.time() - t, 1),
+            "compute_precision": r["compute_precision"]["used"], "precision_reason": r["compute_precision"]["reason"]}
 
 
 def _mean_std(xs: list) -> tuple[float | None, float | None]:
@@ -189,6 +191,7 @@ def run_proof(cfg: ProofConfig, log=print) -> list[dict]:
                 if cfg.splits > 1:
                     row[f"{k}_std"] = std
             row.update(n_splits=cfg.splits, n_train=per[0]["n_train"], n_test=per[0]["n_test"],
+                       compute_precision=per[0]["compute_precision"], precision_reason=per[0]["precision_reason"],
                        seconds=round(sum(r["seconds"] for r in per), 1),
                        per_split=[{"seed": s, **{k: r[k] for k in ("accuracy", "f1", "auc")}}
                                   for s, r in zip(seeds, per)])
