@@ -64,4 +64,7 @@ class FixedBatchLoader:
         return {"kind": "fixed", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
 
     def load_state_dict(self, state: dict) -> None:
+        """Valid at any world size: every layout sees the same global batches."""
+        if state.get("kind") != "fixed":
+            raise ValueError(f"loader state is from a {state.get('kind')!r} loader, not fixed")
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]

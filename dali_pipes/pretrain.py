@@ -6,13 +6,22 @@
       -> {"image": Tensor[B, C, img_size, img_size]}  (float32 on CPU, bf16 on GPU)
 
 The loader streams continuously: an "epoch" is ``len(loader)`` batches
-(= samples of this rank // batch), and the reader simply continues into the next pass. Its
-state is DALI's own checkpoint (reader position + every RNG) plus the batch counter, so a
-restored loader yields exactly the batches an uninterrupted one would have yielded.
+(= samples of the split // world size // batch, the same on every rank: DALI splits the samples,
+not the shards, across ranks), and the reader simply continues into the next pass. Its state is
+DALI's own checkpoint (reader position + every RNG) plus the batch counter, so a restored loader
+yields exactly the batches an uninterrupted one would have yielded; each rank saves and restores
+its own.
+
+A DALI checkpoint belongs to one (rank, world size): restored on a different world size the
+loader cannot continue the readers. It continues the epoch from its global sample position
+(the same number of samples left in the epoch, so the step schedule holds) with freshly seeded
+readers: within that one epoch a sample may be seen again or not at all; later epochs are
+ordinary passes. The torch loader continues exactly instead (see torch_loader.py).
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -117,10 +126,12 @@ class DaliPretrainLoader:
         self.epoch, self.batch_in_epoch = 0, 0
         self._pipe = None
         self._ckpt: str | None = None
+        self._seed = opts.seed  # readers are reseeded when a state from another world size is loaded
 
     def _pipeline(self):
         if self._pipe is None:
-            self._pipe = build_pretrain_pipeline(self.paths, self.index_paths, self.opts, self.mean,
+            opts = dataclasses.replace(self.opts, seed=self._seed)
+            self._pipe = build_pretrain_pipeline(self.paths, self.index_paths, opts, self.mean,
                                                  self.std, self.rank, self.world_size, self._ckpt)
         return self._pipe
 
@@ -151,11 +162,28 @@ class DaliPretrainLoader:
         ck = self._pipeline().checkpoint()
         ck = ck if isinstance(ck, str) else ck.decode("latin1")
         return {"kind": "dali", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "rank": self.rank, "world_size": self.world_size, "batch_size": self.opts.batch_size,
                 "dali_checkpoint": base64.b64encode(ck.encode("latin1")).decode()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Exact when ``state`` is this rank's own (same rank, world size, batch); otherwise the
+        epoch continues from its global sample position with reseeded readers (module doc)."""
         if state.get("kind") != "dali":
             raise ValueError(f"loader state is from a {state.get('kind')!r} loader, not dali")
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self._ckpt = base64.b64decode(state["dali_checkpoint"]).decode("latin1")
-        self._pipe = None  # rebuilt lazily from the checkpoint
+        layout = (state.get("rank", self.rank), state.get("world_size", self.world_size),
+                  state.get("batch_size", self.opts.batch_size))
+        self.epoch = int(state["epoch"])
+        self._pipe = None  # rebuilt lazily
+        if layout == (self.rank, self.world_size, self.opts.batch_size):
+            self.batch_in_epoch = int(state["batch_in_epoch"])
+            self._ckpt = base64.b64decode(state["dali_checkpoint"]).decode("latin1")
+            return
+        consumed = int(state["batch_in_epoch"]) * layout[1] * layout[2]  # global samples of this epoch
+        per_step = self.world_size * self.opts.batch_size
+        self.batch_in_epoch = min(-(-consumed // per_step), self.batches_per_epoch)
+        self._ckpt = None
+        self._seed = self.opts.seed + 1_000_003 * (self.epoch + 1)
+        log.warning("dali loader: state of rank %d/%d (batch %d) restored on rank %d/%d (batch %d): epoch %d "
+                    "continues at sample %d of the epoch with reseeded readers (samples may repeat within "
+                    "this epoch)", layout[0], layout[1], layout[2], self.rank, self.world_size,
+                    self.opts.batch_size, self.epoch, consumed)

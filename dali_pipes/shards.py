@@ -35,20 +35,38 @@ def check_tar(path: Path, idx: Path) -> None:
                                 f"needs {end}); rebuild or verify it with `usf-shard verify`")
 
 
-def incomplete_samples(index_paths: list[Path], exts: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(shard name, key) of every sample whose index line lacks one of ``exts`` (a member lost
-    when the tar was made or edited). Reads only the small ``.idx`` files."""
-    bad = []
-    for idx in index_paths:
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's members lie: shard number (position in the split's shard list) and
+    ``{ext: (byte offset, size)}`` of each member's data inside that tar."""
+
+    shard: int
+    members: dict[str, tuple[int, int]]
+
+
+def sample_index(index_paths: list[Path], exts: tuple[str, ...]) -> tuple[list[SampleRef], list[tuple[str, str]]]:
+    """Reads the small ``.idx`` files of a split (DALI's webdataset index: per sample, groups of
+    ``ext offset size name``) into the complete samples in shard order, and (shard name, key) of
+    every sample that lacks one of ``exts`` (a member lost when the tar was made or edited).
+    The offsets give random access to any sample without parsing the tars."""
+    refs, bad = [], []
+    for si, idx in enumerate(index_paths):
         with open(idx) as f:
             next(f, None)
             for line in f:
                 tok = line.split()
-                have = {tok[i] for i in range(0, len(tok), 4)}
-                if not set(exts) <= have:
+                mem = {tok[i]: (int(tok[i + 1]), int(tok[i + 2])) for i in range(0, len(tok) - 3, 4)}
+                if set(exts) <= set(mem):
+                    refs.append(SampleRef(si, {e: mem[e] for e in exts}))
+                else:
                     key = tok[3].partition(".")[0] if len(tok) >= 4 else "?"
                     bad.append((Path(str(idx)[: -len(".idx")]).name, key))
-    return bad
+    return refs, bad
+
+
+def incomplete_samples(index_paths: list[Path], exts: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(shard name, key) of every sample whose index line lacks one of ``exts``."""
+    return sample_index(index_paths, exts)[1]
 
 
 def shard_set(data: str | Path, split: str, world_size: int, readers_per_rank: int = 1) -> ShardSet:

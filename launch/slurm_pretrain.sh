@@ -2,6 +2,10 @@
 # Multi-node MAE pretraining under SLURM: one task per GPU, DeepSpeed reads the rank layout from
 # the environment set here (no ssh, no hostfile). Submit with:
 #   sbatch --nodes 4 launch/slurm_pretrain.sh /data/openus46_shards runs/vitb_openus46
+# The shard dir and the output dir must be on a filesystem every node sees (all ranks write into
+# and read from the same checkpoint dirs). Resubmitting with another --nodes resumes from the
+# latest checkpoint through DeepSpeed's universal checkpoint (README, Multi-node); keep
+# --batch-size x ranks the same to keep the global batch.
 #SBATCH --job-name=usf-mae-pretrain
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8

@@ -110,3 +110,71 @@ def test_missing_member_is_named_or_skipped_and_counted(demo_shards, tmp_path, c
     with caplog.at_level("WARNING"):
         n = sum(1 for _ in ld)
     assert n == len(ld) and "skipped 1 incomplete" in caplog.text and key in caplog.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_has_the_same_batches(demo_shards, kind, world):
+    """Uneven shards (12 x 6 + 8 samples) and, for the torch loader, more workers than shards
+    per rank (world 3 x 3 workers = 9 readers of 7 shards): every rank yields len(loader) batches,
+    the same number, and no sample is seen on two ranks in the epoch."""
+    opts = PretrainOptions(img_size=32, batch_size=4, num_threads=3, device="cpu", shuffle_buffer=8)
+    lens, keys = [], []
+    for rank in range(world):
+        ld = build_pretrain_loader(demo_shards, opts, rank=rank, world_size=world, kind=kind, return_keys=True)
+        got = [k for b in ld for k in b["keys"]]
+        lens.append((len(ld), len(got) // 4, ld.epoch))
+        keys += got
+    n = 80 // world // 4
+    assert lens == [(n, n, 1)] * world
+    assert len(keys) == len(set(keys)) == n * 4 * world
+
+
+def test_torch_loader_continues_on_another_world_size(demo_shards):
+    """The torch loader's state is a global sample position: 2 ranks x 6 for two steps, then
+    3 ranks x 4 from that state, yield exactly the global batches of 1 rank x 12."""
+    def loaders(world, batch):
+        opts = PretrainOptions(img_size=32, batch_size=batch, num_threads=1, device="cpu")
+        return [build_pretrain_loader(demo_shards, opts, r, world, kind="torch", return_keys=True) for r in range(world)]
+
+    def steps(lds, n=None):
+        its = [iter(ld) for ld in lds]
+        out = []
+        for bs in zip(*its):
+            out.append((sum((b["keys"] for b in bs), []), torch.cat([b["image"] for b in bs])))
+            if len(out) == n:
+                break
+        return out
+
+    ref = steps(loaders(1, 12))
+    two = loaders(2, 6)
+    first = steps(two, 2)
+    state = two[0].state_dict()
+    assert state == two[1].state_dict() and state["position"] == 24
+    three = loaders(3, 4)
+    for ld in three:
+        ld.load_state_dict(state)
+    rest = steps(three)
+    assert len(ref) == 6 and len(first) + len(rest) == 6
+    for (k, x), (rk, rx) in zip(first + rest, ref):
+        assert k == rk and torch.equal(x, rx)
+
+
+def test_dali_state_on_another_world_size_keeps_the_epoch_position(demo_shards, caplog):
+    """A DALI checkpoint belongs to its (rank, world size); restored elsewhere the loader continues
+    the epoch from its global sample position with reseeded readers: the epoch still ends after
+    the samples it had left, so the step schedule holds."""
+    opts = PretrainOptions(img_size=32, batch_size=4, num_threads=1, device="cpu", shuffle_buffer=8)
+    two = [build_pretrain_loader(demo_shards, opts, r, 2, kind="dali") for r in range(2)]
+    for ld in two:
+        it = iter(ld)
+        for _ in range(3):
+            next(it)
+    state = two[0].state_dict()
+    assert (state["rank"], state["world_size"], state["batch_in_epoch"]) == (0, 2, 3)
+    one = build_pretrain_loader(demo_shards, PretrainOptions(img_size=32, batch_size=8, num_threads=1, device="cpu",
+                                                             shuffle_buffer=8), kind="dali")
+    with caplog.at_level("WARNING"):
+        one.load_state_dict(state)
+    assert "reseeded" in caplog.text
+    assert sum(1 for _ in one) == len(one) - 3 and one.epoch == 1  # 24 of 80 samples were consumed

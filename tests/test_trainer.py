@@ -62,18 +62,18 @@ def test_kernels_are_logged(demo_shards, tmp_path):
 
 
 def test_export_loads_in_plain_timm(pretrain_run, tmp_path):
-    from safetensors.torch import load_file
+    """The CLI on a run's checkpoints dir: a timm-native folder (tests/test_export.py checks its
+    config and card in detail) whose encoder computes what the MAE's encoder computes."""
+    import timm
 
-    from trainer.export import create_timm_encoder, load_mae_from_checkpoint
+    from trainer.export import load_mae_from_checkpoint
 
     run_py(["-m", "trainer.export", str(pretrain_run / "checkpoints"), str(tmp_path / "exp")])
     cfg = json.loads((tmp_path / "exp" / "config.json").read_text())
-    assert cfg["in_chans"] == 1 and cfg["img_size"] == 64 and 0 < cfg["mean"] < 1 and cfg["std"] > 0
-    enc = create_timm_encoder(cfg)
-    missing, unexpected = enc.load_state_dict(load_file(str(tmp_path / "exp" / "model.safetensors")), strict=False)
-    assert not missing and not unexpected
+    assert cfg["model_args"]["in_chans"] == 1 and cfg["model_args"]["img_size"] == 64
+    assert 0 < cfg["pretrained_cfg"]["mean"][0] < 1 and cfg["pretrained_cfg"]["std"][0] > 0
+    enc = timm.create_model(f"local-dir:{tmp_path / 'exp'}", pretrained=True).eval()
     mae = load_mae_from_checkpoint(pretrain_run / "checkpoints").eval()
-    enc.eval()
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         ours, _, _ = mae.forward_encoder(x, mask_ratio=0.0, noise=torch.arange(16.0).expand(2, -1))
@@ -89,10 +89,12 @@ def _launch(args, world, out, port):
                           env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"})
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_two_ranks_match_one_rank(demo_shards, tmp_path, stage):
     """World size 2 x batch 4 vs world size 1 x batch 8 on identical global batches (the fixed
-    loader) and identical masks: same losses within bf16 tolerance; both ranks end in sync."""
+    loader) and identical masks: same losses within bf16 tolerance; both ranks end in sync.
+    ZeRO-3 (parameters partitioned: no rank holds the model) checkpoints the gathered fp32
+    weights, and they export."""
     args = [*COMMON, "--data", str(demo_shards), "--loader", "fixed", "--max-steps", "4", "--log-every", "1",
             "--zero-stage", str(stage), "--no-recon-every-epoch", "--blr", "1e-3", "--warmup-steps", "1"]
     one = _launch([*args, "--batch-size", "8"], 1, tmp_path / "w1", 0)
@@ -106,6 +108,21 @@ def test_two_ranks_match_one_rank(demo_shards, tmp_path, stage):
         assert abs(a - b) / a < 0.02, (l1, l2)
     c = [json.loads((tmp_path / "w2" / f"final_rank{r}.json").read_text())["param_checksum"] for r in (0, 1)]
     assert c[0] == c[1]
+    if stage == 3:
+        from safetensors.torch import load_file
+
+        from trainer.model import MaskedAutoencoderViT, config_for
+
+        full = MaskedAutoencoderViT(config_for("mae_vit_demo_patch16", img_size=64)).state_dict()
+        sd = {w: load_file(str(tmp_path / w / "checkpoints" / "step00000004" / "mae.safetensors")) for w in ("w1", "w2")}
+        for w in sd:
+            assert {k: v.shape for k, v in sd[w].items()} == {k: v.shape for k, v in full.items()}
+            assert all(v.dtype == torch.float32 for v in sd[w].values())
+        run_py(["-m", "trainer.export", str(tmp_path / "w2"), str(tmp_path / "export")])
+        exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+        assert exported and all(k in full for k in exported)
+        for k, v in exported.items():  # 2 ranks' gathered weights vs 1 rank's
+            assert torch.equal(v, sd["w2"][k]) and torch.allclose(v, sd["w1"][k], rtol=0.02, atol=2e-3), k
 
 
 def test_resume_after_sigkill_is_bitwise(demo_shards, tmp_path):

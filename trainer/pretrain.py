@@ -84,7 +84,8 @@ def train(cfg: TrainConfig) -> int:
     import deepspeed
 
     from dali_pipes import PretrainOptions, build_pretrain_loader
-    from trainer.checkpoint import CheckpointManager
+    from trainer.checkpoint import CheckpointManager, rank_fingerprint
+    from trainer.distributed import agree_steps_per_epoch
     from trainer.metrics_log import MetricsLogger
     from trainer.viz import save_recon_grid
 
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig) -> int:
                            num_threads=cfg.workers, seed=cfg.seed,
                            device="cpu" if cpu else cfg.data_device, device_id=None if cpu else local_rank)
     loader = build_pretrain_loader(cfg.data, opts, rank, world, kind=cfg.loader)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = agree_steps_per_epoch(len(loader), device)  # equal on every rank: no rank leaves early
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     # at most ~10 reconstruction grids per run (small demo sets have hundreds of short epochs)
     recon_every = max(1, -(-total_steps // steps_per_epoch) // 10)
@@ -124,6 +125,13 @@ def train(cfg: TrainConfig) -> int:
         load_mae_init(model, cfg.init, loader.mean, loader.std)
     apex_ln = cfg.fused and use_apex_layernorm(model)
     ds_config, lr = build_ds_config(cfg, world, total_steps)
+    if cfg.resume not in (None, "auto", "none"):
+        raise SystemExit(f"--resume takes 'auto'; got {cfg.resume!r}")
+    ckpt = CheckpointManager(out / "checkpoints", keep_last=cfg.keep_last)
+    # before the engine exists: a world-size change needs DeepSpeed's universal checkpoint loading
+    plan = ckpt.plan_resume(world) if cfg.resume == "auto" else None
+    if plan is not None:
+        ds_config = plan.ds_config(ds_config)
     op = ds_config.pop("optimizer", {}).get("params", {})
     wd = cfg.weight_decay if cfg.weight_decay is not None else op.get("weight_decay", 0.05)
     optimizer, opt_kernel = make_optimizer(param_groups(model, wd), lr=lr, betas=tuple(op.get("betas", (0.9, 0.95))),
@@ -142,15 +150,12 @@ def train(cfg: TrainConfig) -> int:
              attention_kernel(sdpa) + f" ({cfg.attention})", "apex FusedLayerNorm" if apex_ln else "torch LayerNorm", cfg.loader)
     log.info("MFU peak: %.1f TFLOP/s per device (%s)", peak, peak_src)
 
-    ckpt = CheckpointManager(out / "checkpoints", keep_last=cfg.keep_last)
     step = 0
-    if cfg.resume == "auto" and ckpt.latest() is not None:
-        client = ckpt.load(engine)
+    if plan is not None:
+        client = ckpt.load(engine)  # this rank's own loader state
         step = client["step"]
         loader.load_state_dict(client["loader_state"])
         log.info("resumed from %s at step %d (epoch %d)", ckpt.latest(), step, client["epoch"])
-    elif cfg.resume not in (None, "auto", "none"):
-        raise SystemExit(f"--resume takes 'auto'; got {cfg.resume!r}")
     if rank == 0:
         (out / "config.json").write_text(json.dumps({"train": to_dict(cfg), "model": model.config_dict(),
                                                       "deepspeed": ds_config, "lr": lr}, indent=1))
@@ -240,9 +245,7 @@ def train(cfg: TrainConfig) -> int:
     if ckpt.latest_tag() != f"step{step:08d}":
         ckpt.save(engine, f"step{step:08d}", client_state(), model)
     # a per-rank fingerprint of the weights: ranks that stayed in sync write the same number
-    with torch.no_grad():
-        checksum = float(sum(p.detach().double().sum() for p in engine.module.parameters()))
-    (out / f"final_rank{rank}.json").write_text(json.dumps({"step": step, "param_checksum": checksum}))
+    (out / f"final_rank{rank}.json").write_text(json.dumps({"step": step, "param_checksum": rank_fingerprint(engine)}))
     log.info("done: %d steps, %d skipped non-finite; checkpoint %s", step, skipped, ckpt.latest())
     metrics.close()
     return 0
