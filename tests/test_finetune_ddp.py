@@ -8,12 +8,12 @@
   metrics equal to a one-rank run with the same global batch, and a 2-rank run killed mid-epoch
   (both ranks exit right after a checkpoint, like a preempted job) and resumed with
   ``torchrun ... -m trainer.finetune --resume`` ends with the uninterrupted 2-rank run's metrics,
-  predictions and log.
+  predictions and log; a 2-rank linear probe (BatchNorm over the global batch) equals one rank.
 
 Run as a script under torchrun (``tests/test_finetune_ddp.py FULL_DIR KILLED_DIR E S -- ARGS``)
-this file makes both 2-rank runs in one launch (process start-up is most of their cost): the
-uninterrupted one into FULL_DIR, then the killed one into KILLED_DIR, whose checkpoint save is
-wrapped to end the processes once checkpoint (E, S) is complete.
+this file makes the 2-rank runs in one launch (process start-up is most of their cost): the
+uninterrupted one into FULL_DIR, a linear probe beside it, then the killed one into KILLED_DIR,
+whose checkpoint save is wrapped to end the processes once checkpoint (E, S) is complete.
 """
 from __future__ import annotations
 
@@ -198,7 +198,8 @@ def _predictions(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_rank_runs(busbra):
-    """(uninterrupted run dir, killed run dir): 2 ranks at batch 4, one launch."""
+    """(uninterrupted run dir, killed run dir): 2 ranks at batch 4, one launch (which also makes
+    the 2-rank linear probe in ``two_ranks_probe``)."""
     full, killed = busbra["root"] / "two_ranks", busbra["root"] / "killed"
     _torchrun([str(full), str(killed), "1", "1", "--", *busbra["args"], "--batch-size", "4"], script=[__file__])
     return full, killed
@@ -226,6 +227,20 @@ def test_two_ranks_predict_each_test_record_once_and_match_one_rank(busbra, two_
     assert np.abs(p1 - p2).max() < 1e-4, np.abs(p1 - p2).max()
 
 
+def test_two_rank_linear_probe_matches_one_rank(busbra, two_rank_runs):
+    """The probe's BatchNorm normalises over the global batch on CPU too (all-reduced statistics),
+    so 2 ranks x 4 = 1 rank x 8 for linear probing as well."""
+    two = two_rank_runs[0].parent / "two_ranks_probe"
+    one = busbra["root"] / "one_rank_probe"
+    assert FT.main([*busbra["args"], "--linear-probe", "--output-dir", str(one), "--batch-size", "8"]) == 0
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert r2["mode"] == "linear_probe" and r2["distributed"]["world_size"] == 2
+    assert (r1["best_epoch"], r1["confusion_matrix"]) == (r2["best_epoch"], r2["confusion_matrix"])
+    assert r1["test_loss"] == pytest.approx(r2["test_loss"], abs=1e-4)
+    p1, p2 = ([[float(v) for k, v in p.items() if k.startswith("p_")] for p in _predictions(d)] for d in (one, two))
+    assert np.abs(np.array(p1) - np.array(p2)).max() < 1e-4
+
+
 def test_two_ranks_killed_and_resumed(busbra, two_rank_runs):
     two_rank_run, out = two_rank_runs
     assert (out / "checkpoints" / "latest").read_text() == "e0001_s000001"
@@ -248,6 +263,7 @@ def _two_runs(full: str, killed: str, epoch: int, step: int, argv: list[str]) ->
     ended like a preempted job (no clean-up, no results) on every rank as soon as checkpoint
     (epoch, step) is complete."""
     FT.run_finetune(FT.config_from_args([*argv, "--output-dir", full]))
+    FT.run_finetune(FT.config_from_args([*argv, "--linear-probe", "--output-dir", str(Path(full).parent / "two_ranks_probe")]))
     real_save = FT.FinetuneCheckpoints.save
 
     def save_then_exit(self, e, s, **kw):

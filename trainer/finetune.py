@@ -56,7 +56,7 @@ from trainer.finetune_data import (
     dali_module,
     class_balanced_weights,
 )
-from trainer.finetune_dist import DistContext, dist_context, is_main_process, shutdown
+from trainer.finetune_dist import DistContext, dist_context, is_main_process, shutdown, sync_batchnorm
 from trainer.lr_decay import param_groups_lrd, param_groups_weight_decay
 from trainer.precision import PRECISIONS, resolve_precision
 from trainer.weights import DECODER_PREFIXES, Norm, load_into_vit, read_state_dict, read_weights
@@ -552,15 +552,16 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _wrap_ddp(model: nn.Module, cfg: FinetuneConfig, ctx: DistContext) -> nn.Module:
     """The module the training step calls: ``model`` itself on one rank, DDP around it on several
     (parameters and buffers broadcast from rank 0 at construction, gradients all-reduced in
-    buckets overlapping backward). The linear probe's BatchNorm becomes SyncBatchNorm on GPUs;
-    on CPU (gloo) torch has no SyncBatchNorm, so each rank normalises with its own batch
-    statistics and DDP keeps rank 0's running statistics on all ranks."""
+    buckets overlapping backward). The linear probe's BatchNorm is synchronised over the ranks
+    (SyncBatchNorm on GPUs; on CPU, where torch has none, an all-reduce BatchNorm1d), so its
+    statistics are those of the global batch, as on one rank. (Fine-tuned baselines with
+    BatchNorm, e.g. ResNet-50, keep per-rank statistics, as torch DDP does by default.)"""
     if not ctx.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    if cfg.linear_probe and ctx.device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.linear_probe:
+        sync_batchnorm(model.get_submodule(model.probe_head), ctx.device)
     return DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                gradient_as_bucket_view=True)
 

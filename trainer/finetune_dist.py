@@ -130,3 +130,54 @@ def shutdown() -> None:
     if _OWNED and dist.is_initialized():
         dist.destroy_process_group()
     _OWNED = False
+
+
+class AllReduceBatchNorm1d(torch.nn.BatchNorm1d):
+    """BatchNorm1d over (N, C) features whose training statistics are those of all ranks'
+    batches together, for process groups where torch's SyncBatchNorm does not run (it is
+    CUDA-only; this is for gloo/CPU). The per-rank sums (Σx, Σx², n) are all-reduced through
+    ``torch.distributed.nn`` so gradients flow back to every rank's inputs; W ranks at batch b
+    then normalise exactly like one rank at batch W*b (up to float summation order). Running
+    statistics are updated as ``nn.BatchNorm1d`` does (unbiased variance)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        if x.dim() != 2:
+            raise ValueError(f"AllReduceBatchNorm1d expects (N, C) input, got {tuple(x.shape)}")
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        local = torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_tensor([x.shape[0]])])
+        total = all_reduce(local)
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1.0), alpha=m)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` with its BatchNorm layers synchronised across ranks: torch's SyncBatchNorm on
+    CUDA, :class:`AllReduceBatchNorm1d` for BatchNorm1d elsewhere (in place; returns the module)."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in list(module.named_children()):
+        if type(child) is torch.nn.BatchNorm1d:
+            new = AllReduceBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
+                                       child.track_running_stats).to(device)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            sync_batchnorm(child, device)
+    return module
