@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import zipfile
@@ -106,13 +107,55 @@ def contact_sheet(tiles, out: Path, tile_w: int = 320) -> None:
     cv2.imwrite(str(out), np.concatenate(rows, 0), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
+def gate_figures(tmp: Path, workers: int = 2) -> dict:
+    """Builds every installed fixture file (all frames) under each text policy (and reject with
+    de-annotation); returns the manifests' text-gate figures per setting: frames checked, with
+    text, cleaned, rejected, ms per checked frame, and which files lost frames to text_found."""
+    from sharder.build import build
+    from sharder.config import BuildConfig, DatasetSpec
+
+    src = tmp / "src"
+    src.mkdir(parents=True)
+    for e in json.loads(FIXTURES.read_text())["files"]:
+        p = locate(e, tmp)
+        if p is not None:
+            (src / f"{e['id']}.dcm").symlink_to(p)
+    out = {}
+    # the registry's setting for 2D sets is the last one: marks de-annotated, text rejected
+    for name, policy, dean in (("reject", "reject", False), ("clean", "clean", False),
+                               ("reject+deannotate", "reject", True)):
+        cfg = BuildConfig(datasets=[DatasetSpec(name="real", root=str(src), text_policy=policy,
+                                                deannotate=dean)],
+                          val_fraction=0.0, dedup_near=False, dedup_exact=False)
+        m = build(cfg, tmp / f"shards_{name}", workers=workers, progress=False)
+        d = m["datasets"]["real"]
+        by_file: dict[str, int] = {}
+        for line in (tmp / f"shards_{name}" / "rejects.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["reason"] == "text_found":
+                by_file[r["path"]] = by_file.get(r["path"], 0) + 1
+        out[name] = {"frames": d["frames"], "written": d["written"], "text_gate": d["text_gate"],
+                       "text_found_rejects_by_file": by_file}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/real_scan_iou.json"))
     ap.add_argument("--sheet", default=str(ROOT / "benchmarks/results/real_scan_crops.jpg"))
+    ap.add_argument("--gate", default=None,
+                    help="also build every file under text_policy reject and clean and write the "
+                         "text-gate figures here (e.g. benchmarks/results/real_text_gate.json)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows, tiles = measure(Path(tmp))
+        if args.gate:
+            import platform
+
+            gate = gate_figures(Path(tmp) / "gate")
+            gate["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+            Path(args.gate).write_text(json.dumps(gate, indent=1) + "\n")
+            print(json.dumps(gate, indent=1))
     for r in rows:
         print(f"{r['id']:18s} " + ("missing" if r.get("missing") else
                                    f"IoU {r['iou']}  pixels only {r.get('pixels_only_iou')}  {r.get('label_basis', '')}  "

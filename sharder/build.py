@@ -283,7 +283,9 @@ class _Extractor:
         box_shape = None
         targets: list[tuple[int, tuple | None]] | None = None  # (region index, scanner region)
         policy = spec.text_policy or cfg.text_policy
-        gate = _TextGate(policy, cfg.text_check_every)
+        # volume slices are cropped one by one (their boxes differ by nature, and volumes have no
+        # display layer): they are sampled by the schedule alone, not re-checked per new box
+        gate = _TextGate(policy, cfg.text_check_every, track_box=reuse_box)
         try:
             for frame in iter_frames(path, fmt, ropts):
                 seq = nframes
@@ -370,14 +372,14 @@ class _TextGate:
     """Runs the text gate (sharder/textgate.py) on the written frames of one input and counts.
 
     Which frames: every frame of a still image; of a cine/video/volume the first, middle and last
-    (when the reader knows the count), every ``every``-th, and every frame whose crop box differs
-    from the previous one of its region. A frame in between shares its last checked frame's box
+    (when the reader knows the count), every ``every``-th, and (cine, video) every frame whose
+    crop box differs from the previous one of its region. A frame in between shares its last checked frame's box
     and overlays: when that frame had text, its text boxes stand for this one (rejected or
     inpainted alike, without another detector run); when it had none, the frame passes.
     """
 
-    def __init__(self, policy: str, every: int):
-        self.policy, self.every = policy, every
+    def __init__(self, policy: str, every: int, track_box: bool = True):
+        self.policy, self.every, self.track_box = policy, every, track_box
         self.picks: set[int] = {0}
         self.last_crop: dict[int, tuple] = {}
         self.found: dict[int, list] = {}  # region -> text boxes of its last checked frame
@@ -395,7 +397,7 @@ class _TextGate:
         """Raises InputRejected("text_found") (policy reject) or inpaints cur.image (clean)."""
         if self.policy == "off":
             return
-        changed = self.last_crop.get(region) != tuple(cur.crop)
+        changed = self.track_box and self.last_crop.get(region) != tuple(cur.crop)
         self.last_crop[region] = tuple(cur.crop)
         from .textgate import detector, inpaint_boxes
 

@@ -106,10 +106,14 @@ def _ocr():
         return "rapidocr", lambda img: " ".join(r[1] for r in (eng(img)[0] or []))
 
 
-@pytest.fixture(scope="module")
-def real_shards(real_dir: Path, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=[False, True], ids=["reject", "reject+deannotate"])
+def real_shards(request, real_dir: Path, tmp_path_factory) -> Path:
+    """Every real file built with the text gate rejecting; plain, and with de-annotation (the
+    registry's setting for 2D sets, under which typed labels are removed as marks and their
+    frames survive)."""
     out = tmp_path_factory.mktemp("real_shards")
-    cfg = BuildConfig(datasets=[DatasetSpec(name="us", root=str(real_dir), max_frames=6)],
+    cfg = BuildConfig(datasets=[DatasetSpec(name="us", root=str(real_dir), max_frames=3,
+                                            deannotate=request.param)],
                       text_policy="reject", val_fraction=0.0, dedup_near=False)
     build(cfg, out, workers=1, progress=False)
     return out

@@ -263,3 +263,17 @@ def test_holdout_globs_are_layout_verified():
     """A holdout set whose globs miss its files would leak nothing, but it would also stop the
     sharder from checking pretraining frames against it. Keep a mock layout for each."""
     assert HOLDOUT <= set(LAYOUTS)
+
+
+def test_deannotation_and_text_policy_are_decided_per_dataset_with_a_reason(cfg):
+    """The paper de-annotated; the registry says per dataset whether we do, and why."""
+    assert cfg.text_policy == "reject"  # the registry's default for every set
+    for ds in cfg.datasets:
+        assert ds.deannotate_reason, f"{ds.name}: no deannotate_reason"
+        assert ds.deannotate_reason.startswith("on" if ds.deannotate else "off"), ds.name
+        assert ds.text_policy in (None, "clean", "reject"), ds.name
+    off = {ds.name for ds in cfg.datasets if not ds.deannotate}
+    assert {"busbra", "mmotu2d", "gist514"} <= off  # held-out sets stay as published
+    assert {ds.name for ds in cfg.datasets if ds.format == "volume"} - {"fh_ps_aop", "psfhs"} <= off
+    assert sum(ds.deannotate for ds in cfg.datasets) >= 30
+    assert {ds.name for ds in cfg.datasets if ds.text_policy == "clean"} == {"pocus", "fetal_planes_db"}
