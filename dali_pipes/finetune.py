@@ -38,7 +38,9 @@ It is the DALI twin of ``trainer.finetune_data`` (same :class:`TransformConfig`,
 
 Known differences from the torch loader: rotation and RandAugment warps interpolate linearly
 (torchvision: nearest); random erasing clamps an oversized box to the image instead of
-redrawing it; 16-bit images are scaled by 1/257 by the decoder instead of min-max scaled.
+redrawing it. 16-bit images are not left to the decoder (which divides by 257): at index time
+they are replaced by 8-bit copies made by ``sharder.intensity`` — the conversion the sharder
+and the torch loader use — so every path sees the same 8-bit image.
 """
 from __future__ import annotations
 
@@ -51,7 +53,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sharder.intensity import eight_bit_files
+
 from .pretrain import _to_torch, resolve_device
+from .randaug import parse_timm_randaug, random_erase
+from .randaug import rand_augment as timm_rand_augment
 
 MODES = ("train", "probe", "eval")
 
@@ -76,6 +82,13 @@ class FinetuneOptions:
     randaug: bool = True
     randaug_n: int = 2
     randaug_m: int = 9  # of 31 magnitude bins (torchvision's RandAugment convention)
+    # aug="timm": the MAE recipe mapped as close as DALI allows (dali_pipes.randaug): timm
+    # RandAugment string, cubic resizes, timm random erasing (re_mode / re_count)
+    aug: str = "torchvision"
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    interpolation: str = "bicubic"
+    re_mode: str = "pixel"
+    re_count: int = 1
     reprob: float = 0.25  # random erasing probability (after normalisation, value 0); train only
     crop_pct: float = 0.875  # eval: short side -> floor(img_size / crop_pct), centre crop img_size
     mean: tuple[float, ...] = (0.449,)
@@ -96,7 +109,10 @@ class FinetuneOptions:
                    randaug=tcfg.randaug_ops > 0, randaug_n=int(tcfg.randaug_ops),
                    randaug_m=int(tcfg.randaug_magnitude), reprob=float(tcfg.reprob),
                    crop_pct=float(tcfg.crop_pct), mean=tuple(float(m) for m in tcfg.mean),
-                   std=tuple(float(s) for s in tcfg.std), drop_last=bool(drop_last), **kw)
+                   std=tuple(float(s) for s in tcfg.std), drop_last=bool(drop_last),
+                   aug=getattr(tcfg, "aug", "torchvision"), auto_augment=getattr(tcfg, "auto_augment", None),
+                   interpolation=getattr(tcfg, "interpolation", "bicubic"), re_mode=getattr(tcfg, "re_mode", "pixel"),
+                   re_count=int(getattr(tcfg, "re_count", 1)), hflip=float(getattr(tcfg, "hflip", 0.5)), **kw)
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -108,6 +124,8 @@ class FinetuneOptions:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         check_rank(self.rank, self.world_size)
+        if self.aug not in ("torchvision", "timm"):
+            raise ValueError(f"unknown augmentation {self.aug!r} (torchvision or timm)")
 
 
 # ---------------------------------------------------------------------------- sample plan (both loaders)
@@ -231,7 +249,12 @@ def build_finetune_pipeline(files: list[str], labels: list[int], opts: FinetuneO
     gpu = resolve_device(opts) == "gpu"
     size, mode = opts.img_size, opts.mode
     augment = mode == "train"
-    use_ra = augment and opts.randaug and opts.randaug_n > 0
+    timm = opts.aug == "timm"
+    ra_spec = parse_timm_randaug(opts.auto_augment) if timm and augment and opts.auto_augment else None
+    use_ra = augment and (ra_spec is not None and ra_spec.n > 0 if timm else opts.randaug and opts.randaug_n > 0)
+    # the MAE recipe resizes bicubic (timm "random" picks per sample; DALI: cubic)
+    interp = ({"interp_type": types.INTERP_LINEAR if opts.interpolation == "bilinear" else
+               types.INTERP_NN if opts.interpolation == "nearest" else types.INTERP_CUBIC} if timm else {})
     mean = [m * 255.0 for m in opts.mean]
     std = [s * 255.0 for s in opts.std]
     out_dtype = types.FLOAT16 if gpu else types.FLOAT
@@ -243,26 +266,30 @@ def build_finetune_pipeline(files: list[str], labels: list[int], opts: FinetuneO
         dev = "mixed" if gpu else "cpu"
         if mode == "eval":
             img = fn.decoders.image(data, device=dev, output_type=types.GRAY)
-            img = fn.resize(img, resize_shorter=math.floor(size / opts.crop_pct), antialias=True)
+            img = fn.resize(img, resize_shorter=math.floor(size / opts.crop_pct), antialias=True, **interp)
         else:
             img = fn.decoders.image_random_crop(data, device=dev, output_type=types.GRAY,
                                                 random_area=list(opts.scale),
                                                 random_aspect_ratio=list(opts.ratio), num_attempts=10)
-            img = fn.resize(img, size=[size, size], antialias=True)
+            img = fn.resize(img, size=[size, size], antialias=True, **interp)
         if augment and opts.rotate_deg > 0:
             img = fn.rotate(img, angle=fn.random.uniform(range=[-opts.rotate_deg, opts.rotate_deg]),
                             keep_size=True, fill_value=0)
         if opts.in_chans == 3 or use_ra:  # gray -> R = G = B (see the module doc on RandAugment)
             img = fn.cat(img, img, img, axis=2)
-        if use_ra:
+        if use_ra and timm:  # timm's fill is the image mean (img_mean), gray here
+            img = timm_rand_augment(img, ra_spec, size=size, fill_value=min(255, round(255 * opts.mean[0])))
+        elif use_ra:
             img = rand_augment.rand_augment(img, n=opts.randaug_n, m=opts.randaug_m, shape=[size, size],
                                             fill_value=0)
-            if opts.in_chans == 1:
-                img = img[:, :, 0:1]
+        if use_ra and opts.in_chans == 1:
+            img = img[:, :, 0:1]
         cmn = {"crop": [size, size]} if mode == "eval" else {
             "mirror": fn.random.coin_flip(probability=opts.hflip)}
         img = fn.crop_mirror_normalize(img, mean=mean, std=std, output_layout="CHW", dtype=out_dtype, **cmn)
-        if augment and opts.reprob > 0:  # torchvision RandomErasing(scale=(0.02, 1/3), ratio=(0.3, 3.3), value=0)
+        if augment and opts.reprob > 0 and timm:
+            img = random_erase(img, prob=opts.reprob, mode=opts.re_mode, count=opts.re_count)
+        elif augment and opts.reprob > 0:  # torchvision RandomErasing(scale=(0.02, 1/3), ratio=(0.3, 3.3), value=0)
             if fn.random.coin_flip(probability=opts.reprob, dtype=types.BOOL):
                 area = fn.random.uniform(range=[0.02, 1 / 3])
                 aspect = dmath.exp(fn.random.uniform(range=[math.log(0.3), math.log(3.3)]))
@@ -311,6 +338,8 @@ class DaliFinetuneLoader:
         self.files = [str(r.path) for r in records]
         self.labels = [int(r.label) for r in records]
         check_image_files(self.files)
+        # 16-bit files -> 8-bit copies by the sharder's conversion (DALI's decoder would divide by 257)
+        self.files = eight_bit_files(self.files)
         self.n = len(self.files)
         self.weights = None
         if sample_weights is not None:

@@ -222,39 +222,12 @@ def curate(pixels: np.ndarray, opts: CurateOptions | None = None,
 def to_uint8(pixels: np.ndarray) -> tuple[np.ndarray, str]:
     """Map any numeric image to uint8; returns (same shape uint8, op).
 
-    - uint8: returned unchanged, op ``"to_uint8:none"``.
-    - bool: 0/255, ``"to_uint8:bool"``.
-    - integers already within 0..255 (8-bit data in a 16-bit container): exact cast, ``"to_uint8:cast"``.
-    - otherwise a linear window from the 0.5th to the 99.5th percentile of the finite values,
-      clipped (``"to_uint8:window"``). Percentiles rather than min/max because 12/16-bit sources
-      carry hot pixels and max-value burned-in text that would squash the tissue into a few gray
-      levels; 0.5% saturating at either end costs nothing visible in speckle. When that window is
-      empty (>99% of pixels share one value) min/max is used (``"to_uint8:minmax"``), and a
-      constant image becomes zeros (``"to_uint8:const"``). NaN/inf map to 0.
+    The one conversion every path shares (sharder, torch and DALI fine-tune loaders): see
+    :func:`sharder.intensity.to_uint8` for the rule (``to_uint8:none|bool|cast|window|minmax|const``).
     """
-    a = np.asarray(pixels)
-    if a.dtype == np.uint8:
-        return a, "to_uint8:none"
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8) * 255, "to_uint8:bool"
-    if np.issubdtype(a.dtype, np.integer) and a.size and a.min() >= 0 and a.max() <= 255:
-        return a.astype(np.uint8), "to_uint8:cast"
+    from .intensity import to_uint8 as shared_to_uint8
 
-    f = a.astype(np.float64)
-    flat = f.reshape(-1)
-    sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLES)]
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return np.zeros(a.shape, np.uint8), "to_uint8:const"
-    lo, hi = (float(v) for v in np.percentile(sample, WINDOW_PERCENTILES))
-    op = "to_uint8:window"
-    if hi <= lo:
-        lo, hi, op = float(sample.min()), float(sample.max()), "to_uint8:minmax"
-    if hi <= lo:
-        return np.zeros(a.shape, np.uint8), "to_uint8:const"
-    out = (f - lo) * (255.0 / (hi - lo))
-    out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8), op
+    return shared_to_uint8(pixels)
 
 
 def find_scan_region(gray: np.ndarray) -> tuple[int, int, int, int]:

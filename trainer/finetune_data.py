@@ -24,13 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from dali_pipes.finetune import check_rank, eval_plan, global_order, train_plan, train_steps
+from sharder.intensity import gray_u8, read_gray_u8
 from trainer.downstream import Record
 
 # Defaults when neither an encoder config nor the user gives pixel statistics: ImageNet's for
@@ -53,6 +53,14 @@ class TransformConfig:
     randaug_magnitude: int = 9
     reprob: float = 0.25  # random erasing probability (MAE fine-tune default)
     crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, centre-crop img_size
+    # "torchvision": the pipeline below; "timm": the MAE recipe exactly (trainer.timm_aug: timm
+    # create_transform + MAE's bicubic eval/probe transforms), which the next fields configure
+    aug: str = "torchvision"
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment string (aug="timm")
+    interpolation: str = "bicubic"  # aug="timm": random-resized-crop and eval resize
+    re_mode: str = "pixel"  # aug="timm": random erasing fill, per-pixel N(0, 1) noise
+    re_count: int = 1  # aug="timm": erased boxes per image
+    hflip: float = 0.5  # aug="timm": horizontal flip probability
 
 
 def channel_stats(values: Sequence[float] | float | None, in_chans: int, default: Sequence[float]) -> tuple[float, ...]:
@@ -73,36 +81,15 @@ def channel_stats(values: Sequence[float] | float | None, in_chans: int, default
 # ---------------------------------------------------------------------------- reading
 
 def to_gray_u8(arr: np.ndarray, what: str = "image") -> np.ndarray:
-    """Any decoded image array -> (H, W) uint8 gray.
-
-    Colour arrays are taken in OpenCV's BGR(A) order; an RGB array gets R and B weights swapped,
-    which on near-gray ultrasound moves pixels by about a grey level. uint8 passes through;
-    float images on 0..1 are scaled by 255; other ranges (16-bit, signed) are min-max scaled."""
-    src = np.asarray(arr)
-    a = src[:, :, 0] if src.ndim == 3 and src.shape[2] == 1 else src
-    if a.ndim == 3:
-        if a.shape[2] not in (3, 4):
-            raise ValueError(f"{what}: unsupported shape {src.shape}")
-        a = a[:, :, :3].astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
-    if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"{what}: unsupported shape {src.shape}")
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    a = a.astype(np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    if np.issubdtype(src.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-        return (a * 255.0 + 0.5).astype(np.uint8)
-    if lo >= 0.0 and hi <= 255.0:
-        return (a + 0.5).astype(np.uint8)
-    return ((a - lo) / max(hi - lo, 1e-6) * 255.0 + 0.5).astype(np.uint8)
+    """Any decoded image array -> (H, W) uint8 gray, by the conversion the sharder and the DALI
+    loader share (:func:`sharder.intensity.gray_u8`): 16-bit / float / wide-int pixels through
+    the sharder's percentile window, colour (OpenCV's BGR(A) order) by BT.601 luma."""
+    return gray_u8(arr, order="bgr", what=what)[0]
 
 
 def read_gray(path: str | Path) -> np.ndarray:
     """(H, W) uint8 gray from an image file; raises with the path if it cannot be decoded."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise OSError(f"{path}: cannot decode image")
-    return to_gray_u8(img, str(path))
+    return read_gray_u8(str(path))
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -111,6 +98,15 @@ def build_transform(cfg: TransformConfig, mode: str) -> v2.Compose:
     """uint8 (1, H, W) tensor -> normalised float (C, img_size, img_size) tensor.
 
     mode: ``"train"`` (full augmentation), ``"probe"`` (crop + flip only) or ``"eval"``."""
+    if cfg.aug == "timm":
+        from trainer.timm_aug import TimmTransform
+
+        return TimmTransform(mode=mode, img_size=cfg.img_size, in_chans=cfg.in_chans, mean=cfg.mean, std=cfg.std,
+                             crop_min=cfg.crop_min, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
+                             interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.re_mode,
+                             re_count=cfg.re_count, crop_pct=cfg.crop_pct)
+    if cfg.aug != "torchvision":
+        raise ValueError(f"unknown augmentation {cfg.aug!r} (torchvision or timm)")
     size = cfg.img_size
     ops: list = []
     if mode in ("train", "probe"):
