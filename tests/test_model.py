@@ -101,8 +101,19 @@ def test_attention_choice_sdpa_on_cuda_eager_on_cpu():
     from trainer.kernels import use_sdpa
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert use_sdpa("auto", True, cuda) and not use_sdpa("auto", True, cpu)
+    assert use_sdpa("auto", True, cuda) and not use_sdpa("auto", True, cpu, "bf16")
+    assert use_sdpa("auto", True, cpu, "fp32")  # CPU: SDPA wins in fp32, eager in bf16 (kernels.py)
     assert use_sdpa("sdpa", True, cpu) and not use_sdpa("eager", True, cuda)
     assert not use_sdpa("sdpa", False, cuda)  # the --no-fused baseline is always eager
     with pytest.raises(ValueError, match="--attention"):
         use_sdpa("flash", True, cuda)
+
+
+def test_mfu_is_never_above_one_and_the_cpu_peak_is_in_the_precision_used():
+    from trainer.flops import mfu, peak_tflops
+
+    assert mfu(0.5, 1.0) == (0.5, 1.0)
+    assert mfu(2.0, 1.0) == (1.0, 2.0)  # a peak measured low (busy CPU) is raised to the achieved rate
+    assert mfu(1.0, 0.0) == (None, 0.0)
+    peak, src = peak_tflops(torch.device("cpu"), torch.float32)
+    assert peak > 0 and "float32 matmul" in src

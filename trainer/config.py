@@ -25,9 +25,10 @@ class TrainConfig:
     in_chans: int = 1
     loader: str = "dali"  # dali | torch
     data_device: str = "auto"  # cpu | gpu | auto (DALI decode device)
-    workers: int = 2  # DALI threads / DataLoader workers
+    workers: int | None = None  # DALI threads / DataLoader workers per rank; default: cores per local rank
+    threads: int | None = None  # torch intra-op threads per rank; default: cores per local rank
     seed: int = 0
-    precision: str = "bf16"  # bf16 | fp32
+    precision: str = "auto"  # auto (bf16 where the device runs it natively, else fp32) | bf16 | fp32
     zero_stage: int | None = None  # overrides the DeepSpeed config's stage
     log_every: int = 10
     save_every: int = 0  # steps; 0: only at the end

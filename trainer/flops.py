@@ -13,9 +13,12 @@ import torch
 
 from .model import MAEConfig
 
-# dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets, no sparsity)
+# dense peaks, TFLOP/s (vendor datasheets, no sparsity): bf16 tensor cores, and plain fp32 (no
+# TF32: torch leaves ``allow_tf32`` off for matmuls by default)
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0,
                    "V100": 125.0, "RTX 4090": 165.0, "A6000": 155.0}
+GPU_PEAK_TFLOPS_FP32 = {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L40S": 91.6, "A10": 31.2,
+                        "V100": 15.7, "RTX 4090": 82.6, "A6000": 38.7}
 
 
 def block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:
@@ -41,24 +44,45 @@ def train_flops_per_image(cfg: MAEConfig) -> float:
 
 
 def peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> tuple[float, str]:
-    """(peak TFLOP/s, where it came from). GPU: datasheet by name; CPU: a measured large matmul
-    in ``dtype`` on this machine (the best this CPU does, so MFU reads as 'share of achievable')."""
+    """(peak TFLOP/s in ``dtype``, where it came from). GPU: datasheet by name (bf16 tensor-core
+    or plain fp32); CPU: the best rate of square matmuls in ``dtype`` on this machine at the
+    current thread count (several sizes, best of repeats: the best this CPU does, so MFU reads as
+    'share of achievable'). A CPU under load measures low; :func:`mfu` keeps MFU <= 1 anyway."""
     if override:
         return override, "override"
+    name_dt = str(dtype).replace("torch.", "")
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for k, v in GPU_PEAK_TFLOPS.items():
+        table = GPU_PEAK_TFLOPS if dtype == torch.bfloat16 else GPU_PEAK_TFLOPS_FP32
+        for k, v in table.items():
             if k in name:
-                return v, f"datasheet {k} bf16 dense"
+                return v, f"datasheet {k} {name_dt} dense"
         return 0.0, f"unknown GPU {name!r}: pass --peak-tflops"
-    n = 1024
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(3):
+    best, sizes = 0.0, []
+    for n in (256, 512, 1024, 2048):
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
         t = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e12)
-    return best, f"measured {n}x{n} {str(dtype).replace('torch.', '')} matmul on CPU"
+        a @ b  # warm-up (oneDNN picks and JITs its kernel here)
+        if time.perf_counter() - t > 0.25:  # emulated dtype: larger sizes would take seconds
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e12)
+            sizes.append(n)
+            break
+        reps = max(1, int(0.05 / max(time.perf_counter() - t, 1e-6)))
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, reps * 2 * n**3 / (time.perf_counter() - t) / 1e12)
+        sizes.append(n)
+    return best, (f"measured {name_dt} matmul on CPU, best of sizes {sizes} at "
+                  f"{torch.get_num_threads()} threads")
+
+
+def mfu(tflops: float, peak: float) -> tuple[float | None, float]:
+    """(MFU, peak used). A rate above the peak proves the peak was measured low (a busy CPU):
+    the peak is raised to the achieved rate, so MFU never exceeds 1."""
+    if not peak:
+        return None, peak
+    peak = max(peak, tflops)
+    return tflops / peak, peak

@@ -2,8 +2,8 @@
 
 Optimizer: apex FusedAdam (if apex imports) > DeepSpeed FusedAdam (CUDA) > DeepSpeed CPU Adam
 (AVX kernels, JIT-built once into TORCH_EXTENSIONS_DIR) > torch AdamW (fused on CUDA, foreach on
-CPU). Attention: SDPA via timm's ``fused_attn`` on CUDA, eager on CPU (:func:`use_sdpa`); apex FusedLayerNorm replaces LayerNorm if apex
-is importable.
+CPU). Attention: SDPA via timm's ``fused_attn`` on CUDA and in fp32 on CPU, eager in bf16 on CPU
+(:func:`use_sdpa`); apex FusedLayerNorm replaces LayerNorm if apex is importable.
 """
 from __future__ import annotations
 
@@ -78,23 +78,35 @@ def use_apex_layernorm(model: nn.Module) -> bool:
     return True
 
 
+def tune_ds_config_for_cpu(ds: dict) -> dict:
+    """DeepSpeed settings that only cost time on CPU, off unless the JSON sets them: ZeRO 1/2's
+    ``contiguous_gradients`` copies every gradient into a flat buffer during backward (it saves
+    GPU memory fragmentation; on CPU it is pure copying: 14% of a demo-model step, measured in CPU
+    time on one thread: 138 -> 158 img/s against 186 for a plain loop)."""
+    z = ds.get("zero_optimization")
+    if isinstance(z, dict) and z.get("stage", 0) in (1, 2):
+        z.setdefault("contiguous_gradients", False)
+    return ds
+
+
 ATTENTION = ("auto", "sdpa", "eager")
 
 
-def use_sdpa(attention: str, fused: bool, device: torch.device) -> bool:
+def use_sdpa(attention: str, fused: bool, device: torch.device, precision: str = "bf16") -> bool:
     """Whether timm's Attention runs F.scaled_dot_product_attention (else eager softmax(QK^T)V).
 
-    ``auto`` (default): SDPA on CUDA (flash / memory-efficient kernels: less memory, faster),
-    eager on CPU, where the measured CPU SDPA kernel is slower than the plain matmuls at MAE's
-    short sequences (17-197 tokens; 2-core EPYC, bf16, whole train step: 0.83x at ViT-S/16 224
-    batch 32, 0.78x at the demo ViT @ 64 px batch 16; /tmp-free repro: benchmarks/throughput.py
-    train on CPU). ``fused=False`` (the benchmark baseline) is always eager.
+    ``auto`` (default): SDPA on CUDA (flash / memory-efficient kernels: less memory, faster). On
+    CPU it depends on the precision (measured fwd+bwd, one thread, CPU time, 2-core Xeon with
+    AMX; the same order under AVX2 emulation): in fp32 PyTorch's CPU flash kernel beats the plain
+    matmuls (ViT-S/16 224: 0.90x the time of eager; the demo ViT @ 64 px: 0.95x), in bf16 it loses
+    (1.37x and 1.54x: its bf16 path converts and blocks for long sequences, while MAE's are
+    17-197 tokens). ``fused=False`` (the benchmark baseline) is always eager.
     """
     if attention not in ATTENTION:
         raise ValueError(f"--attention must be one of {ATTENTION}, got {attention!r}")
     if not fused or attention == "eager":
         return False
-    return attention == "sdpa" or device.type == "cuda"
+    return attention == "sdpa" or device.type == "cuda" or precision == "fp32"
 
 
 def attention_kernel(sdpa: bool) -> str:

@@ -26,15 +26,15 @@ setup_env()
 import torch  # noqa: E402
 
 from trainer.config import TrainConfig, parse_args, to_dict  # noqa: E402
-from trainer.flops import peak_tflops, train_flops_per_image  # noqa: E402
-from trainer.kernels import attention_kernel, make_optimizer, param_groups, use_apex_layernorm, use_sdpa  # noqa: E402
+from trainer.flops import mfu, peak_tflops, train_flops_per_image  # noqa: E402
+from trainer.kernels import (attention_kernel, make_optimizer, param_groups, tune_ds_config_for_cpu,  # noqa: E402
+                             use_apex_layernorm, use_sdpa)
 from trainer.model import MaskedAutoencoderViT, config_for  # noqa: E402
+from trainer.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: E402,F401  (re-exported)
+from trainer.precision import resolve_precision  # noqa: E402
+from trainer.threads import ThreadGovernor, apply_plan, plan_threads  # noqa: E402
 
 log = logging.getLogger("trainer")
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 def build_ds_config(cfg: TrainConfig, world: int, total_steps: int) -> tuple[dict, float]:
@@ -102,6 +102,13 @@ def train(cfg: TrainConfig) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(message)s", force=True)
     torch.manual_seed(cfg.seed)
+    # precision and threads fit this machine (trainer/precision.py, trainer/threads.py); the
+    # resolved values go into cfg (saved with the run), the request and the reasons beside them
+    precision, precision_why = resolve_precision(cfg.precision, device)
+    threads = plan_threads(cfg.threads, cfg.workers, device)
+    apply_plan(threads)
+    requested = {"precision": cfg.precision, "threads": cfg.threads, "workers": cfg.workers}
+    cfg.precision, cfg.workers = precision, threads.loader_threads
 
     # ---------------------------------------------------------------- data
     ds_json = json.loads(Path(cfg.deepspeed_config).read_text())
@@ -116,7 +123,7 @@ def train(cfg: TrainConfig) -> int:
     recon_every = max(1, -(-total_steps // steps_per_epoch) // 10)
 
     # ---------------------------------------------------------------- model + engine
-    sdpa = use_sdpa(cfg.attention, cfg.fused, device)
+    sdpa = use_sdpa(cfg.attention, cfg.fused, device, precision)  # on CPU: SDPA in fp32, eager in bf16
     mcfg = config_for(cfg.model, img_size=cfg.img_size, in_chans=cfg.in_chans, mask_ratio=cfg.mask_ratio,
                       norm_pix_loss=cfg.norm_pix_loss, fused_attn=sdpa,
                       grad_checkpointing=cfg.grad_checkpointing)
@@ -125,6 +132,8 @@ def train(cfg: TrainConfig) -> int:
         load_mae_init(model, cfg.init, loader.mean, loader.std)
     apex_ln = cfg.fused and use_apex_layernorm(model)
     ds_config, lr = build_ds_config(cfg, world, total_steps)
+    if cpu:
+        tune_ds_config_for_cpu(ds_config)
     if cfg.resume not in (None, "auto", "none"):
         raise SystemExit(f"--resume takes 'auto'; got {cfg.resume!r}")
     ckpt = CheckpointManager(out / "checkpoints", keep_last=cfg.keep_last)
@@ -149,6 +158,12 @@ def train(cfg: TrainConfig) -> int:
     log.info("kernels: optimizer %s | attention %s | layernorm %s | loader %s", opt_kernel,
              attention_kernel(sdpa) + f" ({cfg.attention})", "apex FusedLayerNorm" if apex_ln else "torch LayerNorm", cfg.loader)
     log.info("MFU peak: %.1f TFLOP/s per device (%s)", peak, peak_src)
+    log.info("precision %s (%s) | threads: torch %d (%s), loader %d, %d cores / %d local rank(s)", precision,
+             precision_why, threads.torch_threads, threads.source, threads.loader_threads, threads.cores,
+             threads.local_world)
+    governor = ThreadGovernor(threads, enabled=cpu)
+    guard = NonFiniteGuard(engine, cfg.max_nonfinite, rank, world)
+    log.info(guard.describe())
 
     step = 0
     if plan is not None:
@@ -158,12 +173,13 @@ def train(cfg: TrainConfig) -> int:
         log.info("resumed from %s at step %d (epoch %d)", ckpt.latest(), step, client["epoch"])
     if rank == 0:
         (out / "config.json").write_text(json.dumps({"train": to_dict(cfg), "model": model.config_dict(),
-                                                      "deepspeed": ds_config, "lr": lr}, indent=1))
+                                                      "deepspeed": ds_config, "lr": lr, "requested": requested,
+                                                      "precision": {"used": precision, "reason": precision_why},
+                                                      "threads": threads.to_dict()}, indent=1))
     metrics = MetricsLogger(out / "metrics.jsonl", rank == 0, engine.monitor if cfg.tensorboard else None)
 
     # ---------------------------------------------------------------- loop
     gen = torch.Generator(device=device)
-    bad_in_row, skipped = 0, 0
     loss_acc = torch.zeros((), device=device)
     window = {"n": 0, "t0": time.perf_counter(), "data": 0.0, "compute": 0.0}
     recon_batch = None
@@ -191,20 +207,18 @@ def train(cfg: TrainConfig) -> int:
             noise = torch.rand(world * x.shape[0], mcfg.num_patches, device=device, generator=gen)
             noise = noise[rank * x.shape[0]:(rank + 1) * x.shape[0]]
             loss, _, _ = fwd(x, noise=noise)
-            # one scalar sync per step guards the optimizer state against a non-finite loss
-            if not torch.isfinite(loss).item():
-                bad_in_row += 1
-                skipped += 1
-                log.warning("non-finite loss at step %d: step skipped (%d in a row)", step, bad_in_row)
-                if bad_in_row >= cfg.max_nonfinite:
-                    raise NonFiniteLossError(
-                        f"{bad_in_row} non-finite losses in a row at step {step}: lower the lr "
-                        f"(--blr), check the data (usf-shard verify), or resume from an earlier checkpoint")
+            loss = guard.inject(loss)
+            # a NaN/inf on any rank skips this step on every rank (trainer/nonfinite.py): DeepSpeed's
+            # global grad-norm check decides, so no host sync of ours in the GPU hot loop
+            if guard.skip_before_backward(loss, step):
                 t_data = time.perf_counter()
                 continue
-            bad_in_row = 0
             engine.backward(loss)
             engine.step()
+            governor.tick()
+            if not guard.after_step(engine.was_step_applied(), step):
+                t_data = time.perf_counter()
+                continue
             loss_acc += loss.detach().float()
             step += 1
             window["n"] += 1
@@ -216,6 +230,7 @@ def train(cfg: TrainConfig) -> int:
                 dt = now - window["t0"]
                 ips = window["n"] * micro * world / dt
                 tflops = ips * flops_img / world / 1e12
+                mfu_now, peak = mfu(tflops, peak)  # a peak measured low on a busy CPU is raised: MFU <= 1
                 if world > 1:  # the logged loss is the global mean (one all-reduce per log line)
                     torch.distributed.all_reduce(loss_acc)
                     loss_acc /= world
@@ -223,8 +238,8 @@ def train(cfg: TrainConfig) -> int:
                        "lr": scheduler.get_last_lr()[0] if scheduler else lr,
                        "grad_norm": _grad_norm(engine), "images_per_s": ips,
                        "data_s": window["data"], "compute_s": window["compute"],
-                       "tflops": tflops, "mfu": tflops / peak if peak else None,
-                       "skipped_nonfinite": skipped,
+                       "tflops": tflops, "mfu": mfu_now, "peak_tflops": peak,
+                       "skipped_nonfinite": guard.skipped, "torch_threads": governor.current,
                        "peak_mem_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if not cpu else _rss_gb()}
                 metrics.write(rec)
                 loss_acc.zero_()
@@ -246,7 +261,7 @@ def train(cfg: TrainConfig) -> int:
         ckpt.save(engine, f"step{step:08d}", client_state(), model)
     # a per-rank fingerprint of the weights: ranks that stayed in sync write the same number
     (out / f"final_rank{rank}.json").write_text(json.dumps({"step": step, "param_checksum": rank_fingerprint(engine)}))
-    log.info("done: %d steps, %d skipped non-finite; checkpoint %s", step, skipped, ckpt.latest())
+    log.info("done: %d steps, %d skipped non-finite; checkpoint %s", step, guard.skipped, ckpt.latest())
     metrics.close()
     return 0
 
