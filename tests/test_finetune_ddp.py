@@ -166,7 +166,8 @@ def test_resume_mid_epoch_one_rank(tmp_path, monkeypatch):
     ckpts = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert ckpts[-2:] == ["e0003_s000000", "latest"] and len([c for c in ckpts if c.startswith("e")]) == 1
     final = tmp_path / "cut" / "checkpoints" / "e0003_s000000"
-    assert sorted(f.name for f in final.iterdir()) == ["model.safetensors", "state.json"]  # complete: slimmed
+    assert sorted(f.name for f in final.iterdir()) == ["state.json"]  # complete: only the best weights stay
+    assert [f.name for f in final.parent.glob("best_e*.safetensors")] == [f"best_e{full['best_epoch'] - 1:04d}.safetensors"]
     rescored = FT.finetune(data[:28], data[28:], output_dir=str(tmp_path / "cut"), resume="auto", **kw)
     assert rescored["test_loss"] == full["test_loss"] and rescored["best_epoch"] == full["best_epoch"]
     with pytest.raises(ValueError, match="another configuration.*lr"):

@@ -15,8 +15,9 @@ Layout under ``RUN_DIR/checkpoints/``::
 ``latest`` moves only after every rank finished writing (barriers on both sides), so a run
 killed mid-save resumes from the previous checkpoint. When the run has finished,
 :meth:`FinetuneCheckpoints.finish` drops the optimizer and per-rank files of the final checkpoint
-and marks it complete: what stays (weights + state) re-scores the test set on ``--resume``
-without training, with any number of ranks. Everything is read back with safetensors,
+(and its weights when the best epoch's are kept) and marks it complete: what stays (the weights
+that are scored + state) re-scores the test set on ``--resume`` without training, with any
+number of ranks. Everything is read back with safetensors,
 ``json`` or ``torch.load(weights_only=True)`` (design §3: nothing is unpickled).
 """
 from __future__ import annotations
@@ -144,12 +145,16 @@ class FinetuneCheckpoints:
                 f.unlink(missing_ok=True)
 
     def finish(self, path: Path) -> None:
-        """Mark the final checkpoint complete and drop what only further training would need."""
+        """Mark the final checkpoint complete and drop what only further training would need (and
+        the last-epoch weights when the best epoch's are kept: those are the ones scored)."""
         self.ctx.barrier()
         if self.ctx.is_main:
             state = json.loads((path / "state.json").read_text())
             (path / "state.json").write_text(json.dumps({**state, "complete": True}, indent=1))
-            for f in [path / "optimizer.pt", *path.glob("rank*.pt")]:
+            drop = [path / "optimizer.pt", *path.glob("rank*.pt")]
+            if state.get("best_file"):
+                drop.append(path / "model.safetensors")
+            for f in drop:
                 f.unlink(missing_ok=True)
         self.ctx.barrier()
 
@@ -172,7 +177,8 @@ class FinetuneCheckpoints:
             what = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff[:6])
             raise ValueError(f"{path}: saved with another configuration ({what}); resume with the same settings "
                              "or start a fresh output dir")
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        if not (complete and state.get("best_file")):  # else the best weights are all there is to score
+            model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
         rank_state = None
         if not complete:
             rank_file = path / f"rank{self.ctx.rank}.pt"
