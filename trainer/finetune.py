@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainer import metrics as M
+from trainer import recipes
 from trainer.downstream import TASKS, DatasetFormatError, Record, Split, TaskData, group_split, load_task
 from trainer.finetune_ckpt import FinetuneCheckpoints, rng_state, set_rng_state
 from trainer.finetune_data import (
@@ -114,6 +115,17 @@ class FinetuneConfig:
     reprob: float = 0.25
     randaug_ops: int = 2
     randaug_magnitude: int = 9
+    # the recipe (trainer.recipes) the CLI applied, and the augmentation knobs it fills:
+    # aug="timm" is MAE's timm create_transform (auto_augment, interpolation, re_mode, re_count, hflip)
+    recipe: str = "project"
+    aug: str = "torchvision"
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    interpolation: str = "bicubic"
+    re_mode: str = "pixel"
+    re_count: int = 1
+    hflip: float = 0.5
+    rotate_deg: float = 10.0
+    crop_pct: float = 0.875
     loader: str = "torch"  # torch | dali
     workers: int = 4
     # runtime
@@ -598,7 +610,9 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
     model = bundle.model.to(device)
     tcfg = TransformConfig(img_size=bundle.img_size, in_chans=bundle.in_chans, mean=bundle.mean, std=bundle.std,
                            crop_min=cfg.crop_min, reprob=cfg.reprob, randaug_ops=cfg.randaug_ops,
-                           randaug_magnitude=cfg.randaug_magnitude)
+                           randaug_magnitude=cfg.randaug_magnitude, aug=cfg.aug, auto_augment=cfg.auto_augment,
+                           interpolation=cfg.interpolation, re_mode=cfg.re_mode, re_count=cfg.re_count,
+                           hflip=cfg.hflip, rotate_deg=cfg.rotate_deg, crop_pct=cfg.crop_pct)
     labels = [r.label for r in train]
     cw = class_balanced_weights(labels, k)
     sample_w = cw[np.asarray(labels)] if cfg.balanced == "sampler" else None
@@ -942,6 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-probe-augment", dest="probe_augment", action="store_false",
       help="linear probe: train the head on the eval view (no random crop/flip)")
     a("--reprob", type=float, default=d.reprob, help="random erasing probability")
+    recipes.add_cli_args(p, d)
     a("--loader", default=d.loader, choices=["torch", "dali"])
     a("--workers", type=int, default=d.workers)
     a("--seed", type=int, default=d.seed)
@@ -962,7 +977,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
     ns = build_parser().parse_args(argv)
     kw = {f.name: getattr(ns, f.name) for f in fields(FinetuneConfig) if hasattr(ns, f.name)}
     kw["progress"] = not ns.no_progress
-    return FinetuneConfig(**kw)
+    kw["auto_augment"] = recipes.normalise_randaug(kw.get("auto_augment"))
+    explicit = recipes.explicit_dests(build_parser(), argv)
+    return recipes.apply_recipe(FinetuneConfig(**kw), ns.recipe, explicit=explicit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
