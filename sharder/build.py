@@ -692,6 +692,14 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
 
     if not cfg.datasets:
         raise BuildError("no datasets: give input directories or a config with datasets")
+    gated = sorted(s.name for s in cfg.datasets if (s.text_policy or cfg.text_policy) != "off")
+    if gated:  # fail before any work, not as one reader_error per input in the workers
+        from .textgate import TextGateUnavailable, model_path
+
+        try:
+            model_path()
+        except TextGateUnavailable as e:
+            raise BuildError(f"datasets {gated} have a text_policy: {e}") from None
     n_inputs, missing = plan_inputs(cfg, work)
     listing = hashlib.sha256((work / "inputs.tsv").read_bytes()).hexdigest()
     seen = work / "inputs.sha256"

@@ -18,7 +18,7 @@ from .manifest import Manifest
 from .shards import file_sha256, iter_shard, tar_members
 
 META_KEYS = {"dataset", "anatomy", "split", "group", "source", "frame", "axis", "orig_hw", "crop",
-             "ops", "phash"}
+             "ops", "phash", "region"}  # region: index of the scanner image region (dual view), >= 1
 KEY_RE = re.compile(r"[0-9a-f]{16}")
 
 

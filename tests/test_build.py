@@ -73,7 +73,7 @@ def test_samples_follow_the_contract(demo_shards):
         assert img.dtype == np.uint8 and min(img.shape) == 256
         assert meta["split"] in path.name
         assert set(meta) <= {"dataset", "anatomy", "split", "group", "source", "frame", "axis", "orig_hw",
-                             "crop", "ops", "phash"}
+                             "crop", "ops", "phash", "region"}
         assert meta["ops"] and len(meta["phash"]) == 16
     assert n == m.data["totals"]["written"]
     # .idx files exist and list every sample

@@ -139,6 +139,10 @@ def test_no_banner_token_readable_in_any_written_frame(real_shards: Path) -> Non
             leaked = [t for t in all_tokens if t in text]
             assert not leaked, f"{name} read {leaked} in written frame {key}"
             n += 1
+    from sharder.verify import verify
+
+    rep = verify(real_shards, progress=False)
+    assert rep.ok, rep.errors
     gate = m.data["totals"]["text_gate"]
     assert gate["checked"] > 0 and gate["found"] == gate["rejected"] > 0
     assert m.data["totals"]["rejected_by_reason"].get("text_found", 0) == gate["rejected"]
@@ -184,3 +188,33 @@ def test_rejects_are_reasons_not_text(real_shards: Path) -> None:
         r = json.loads(line)
         assert r["reason"] != "reader_error", r
         assert r["reason"] in {"text_found", "too_small", "blank"}, r
+
+
+def test_dual_view_writes_one_sample_per_region_and_verifies(real_dir: Path, tmp_path) -> None:
+    from sharder.verify import verify
+
+    one = tmp_path / "src"
+    one.mkdir()
+    shutil.copy(real_dir / "pyd_aloka.dcm", one / "a.dcm")
+    cfg = BuildConfig(datasets=[DatasetSpec(name="us", root=str(one))], val_fraction=0.0,
+                      dedup_near=False)
+    m = build(cfg, tmp_path / "out", workers=1, progress=False)
+    metas = [json.loads(mem["json"]) for sh in Manifest.load(tmp_path / "out").shards()
+             for _, mem in iter_shard(sh)]
+    assert sorted(meta.get("region", 0) for meta in metas) == [0, 1]  # region 0 keeps the old key
+    assert m["totals"]["frames"] == 2 and len({meta["crop"][1] for meta in metas}) == 2
+    rep = verify(tmp_path / "out", progress=False)  # "region" is an allowlisted key
+    assert rep.ok, rep.errors
+
+
+def test_a_text_policy_without_the_detector_fails_before_any_work(tmp_path, monkeypatch) -> None:
+    from sharder.build import BuildError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "rapidocr_onnxruntime" else real(name, *a))
+    (tmp_path / "src").mkdir()
+    cfg = BuildConfig(datasets=[DatasetSpec(name="us", root=str(tmp_path / "src"))], text_policy="reject")
+    with pytest.raises(BuildError, match=r"usf-mae\[ocr\]"):
+        build(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
