@@ -10,6 +10,10 @@ bf16 on GPU (the pipeline emits fp16, cast by torch).
     probe:  decode + random resized crop -> resize -> flip + normalise   (MAE linprobe)
     eval:   decode -> fn.resize(resize_shorter=img_size / crop_pct) -> centre crop + normalise
 
+With ``aug="timm"`` (the MAE recipe, ``trainer.recipes``) the resizes are cubic, RandAugment is the
+timm string's closest DALI form and random erasing fills with per-pixel noise
+(``dali_pipes.randaug``, whose table lists what differs from timm).
+
 It is the DALI twin of ``trainer.finetune_data`` (same :class:`TransformConfig`, same
 ``build_finetune_loader`` keywords, same epoch semantics):
 

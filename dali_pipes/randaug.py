@@ -15,11 +15,11 @@ ops (``inc1``)         15: AutoContrast Equalize Invert Rotate      the same 15:
                        PosterizeInc SolarizeInc SolarizeAdd         ``identity``, plus ``invert`` and
                        ColorInc ContrastInc BrightnessInc           ``solarize_add``
                        SharpnessInc ShearX ShearY TranslateX/YRel
-ranges at m = 9        rotate 27°, shear 0.27, enhance 1 ± 0.81,    the same, except posterize: DALI keeps
-                       translate 0.405 x size, solarize 26,         round(8 - 4 x 0.9) = 4 bits where timm's
-                       solarize-add 99, posterize 1 bit             PosterizeIncreasing keeps 4 - int(3.6) = 1
+ranges at m = 9        rotate 27°, shear 0.27, enhance 1 ± 0.81,    the same: DALI's bins span each op's range
+                       translate 0.405 x size, solarize < 26,       (linspace over num_magnitude_bins); posterize
+                       solarize-add 99, posterize 1 bit             gets timm's per-bin bit counts (1 at m9)
 fill                   img_mean (gray mean x 255)                  the same value
-warp interpolation     bilinear (PIL, timm's default)               linear
+warp interpolation     the recipe's (bicubic; timm passes it on)    linear (DALI warps: nearest or linear only)
 =====================  =========================================  =========================================
 
 Random erasing ``re_mode="pixel"`` (timm ``RandomErasing``): the box gets per-pixel N(0, 1)
@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -67,22 +69,38 @@ def parse_timm_randaug(s: str) -> RandAugSpec:
     return spec
 
 
+def magnitude_bins(spec: RandAugSpec) -> tuple[int, int]:
+    """(num_magnitude_bins, bin) of timm's magnitude: ``mmax + 1`` bins, ``m`` rounded."""
+    bins = int(round(spec.mmax)) + 1
+    return bins, min(int(round(spec.m)), bins - 1)
+
+
+def timm_suite(spec: RandAugSpec) -> list:
+    """DALI augmentations standing for timm's op set of ``spec`` (see the module table)."""
+    from nvidia.dali.auto_aug import augmentations as a
+    from nvidia.dali.auto_aug import rand_augment as ra
+
+    translate = 0.45  # timm translate_pct
+    if not spec.inc:
+        return list(ra.get_rand_augment_non_monotonic_suite(True, None, translate))
+    bins, _ = magnitude_bins(spec)
+    # timm's PosterizeIncreasing keeps 4 - int(4 b / mmax) bits at bin b (1 bit at m9); DALI's
+    # posterize spans 8..4 bits — give it timm's per-bin values (0 bits -> 1, DALI's floor)
+    bits = np.array([4 - int(4 * b / spec.mmax) for b in range(bins)], dtype=np.float64)
+    suite = [a.posterize.augmentation(mag_range=bits) if op.name == "posterize" else op
+             for op in ra.get_rand_augment_suite(True, None, translate) if op.name != "identity"]
+    return suite + [a.invert, a.solarize_add]
+
+
 def rand_augment(img, spec: RandAugSpec, *, size: int, fill_value: int):
     """DALI RandAugment as close to timm's ``spec`` as DALI allows (see the module table).
     img: uint8 HWC DataNode with 3 identical channels; returns the same layout. Call inside a
     ``pipeline_def(enable_conditionals=True)`` pipeline."""
     from nvidia.dali import fn, types
-    from nvidia.dali.auto_aug import augmentations as a
     from nvidia.dali.auto_aug import rand_augment as ra
 
-    bins = int(round(spec.mmax)) + 1
-    m = min(int(round(spec.m)), bins - 1)
-    translate = 0.45  # timm translate_pct
-    if spec.inc:
-        suite = [op for op in ra.get_rand_augment_suite(True, None, translate) if op.name != "identity"]
-        suite += [a.invert, a.solarize_add]
-    else:
-        suite = list(ra.get_rand_augment_non_monotonic_suite(True, None, translate))
+    bins, m = magnitude_bins(spec)
+    suite = timm_suite(spec)
     for _ in range(spec.n):
         if fn.random.coin_flip(probability=spec.p, dtype=types.BOOL):
             img = ra.apply_rand_augment(suite, img, 1, m, num_magnitude_bins=bins, shape=[size, size],

@@ -70,8 +70,11 @@ def tcfg(in_chans: int = 1, **kw) -> TransformConfig:
 
 def test_timm_train_transform_is_seeded_and_gray_safe(gray) -> None:
     ds = FinetuneDataset([Record(None, 0, "g", image=gray)], build_transform(tcfg(1), "train"))
-    a, b, c = ds[(0, 11)]["image"], ds[(0, 11)]["image"], ds[(0, 12)]["image"]
-    assert a.shape == (1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    # timm draws from random, np.random and torch: a sample's view is a function of its seed alone
+    for seed in range(12):
+        a, b = ds[(0, seed)]["image"], ds[(0, seed)]["image"]
+        assert a.shape == (1, 32, 32) and torch.equal(a, b), seed
+    assert not torch.equal(ds[(0, 11)]["image"], ds[(0, 12)]["image"])
     rgb = FinetuneDataset([Record(None, 0, "g", image=gray)], build_transform(tcfg(3, reprob=0.0), "train"))
     for seed in range(4):  # every RandAugment op keeps R = G = B on a gray image
         x = rgb[(0, seed)]["image"]
@@ -105,3 +108,32 @@ def test_dali_timm_recipe_runs(gray, tmp_path) -> None:
                                    loader="dali", seed=3)
     y = next(iter(erased))["image"].float()
     assert y.shape == (4, 1, 32, 32) and torch.isfinite(y).all()
+
+
+def test_dali_posterize_and_solarize_bins_are_timms() -> None:
+    """At m9 of the MAE string DALI's posterize keeps timm's 1 bit and solarize inverts from 26."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.auto_aug import rand_augment as ra
+
+    from dali_pipes.randaug import magnitude_bins, timm_suite
+
+    spec = parse_timm_randaug("rand-m9-mstd0.5-inc1")
+    bins, m = magnitude_bins(spec)
+    assert (bins, m) == (11, 9)
+    ramp = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), (1, 1, 3))
+    ops = {op.name: op for op in timm_suite(spec)}
+    assert len(ops) == 15 and "identity" not in ops
+
+    @pipeline_def(enable_conditionals=True, batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        img = fn.external_source(source=lambda: [ramp], batch=True, layout="HWC", dtype=types.UINT8)
+        return tuple(ra.apply_rand_augment([ops[k]], img, 1, m, num_magnitude_bins=bins)
+                     for k in ("posterize", "solarize"))
+
+    p = pipe()
+    p.build()
+    post, sol = (np.array(o.as_tensor())[0, :, :, 0].reshape(-1) for o in p.run())
+    x = np.arange(256)
+    assert np.array_equal(post, x & 0x80)  # 1 most significant bit (timm: 4 - int(3.6))
+    assert np.array_equal(sol, np.where(x < 26, x, 255 - x))  # timm: 256 - int(0.9 * 256) = 26

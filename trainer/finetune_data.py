@@ -2,8 +2,13 @@
 ``{"image": FloatTensor[B, C, H, W], "label": LongTensor[B]}``.
 
 Images are read as 8-bit grayscale (ultrasound is gray; colour overlays were never part of the
-signal), transformed as uint8 (H, W) tensors, scaled to 0..1, expanded to C = 1 or 3 channels
-and normalised with the encoder's pixel statistics.
+signal) by the conversion the sharder and the DALI loader share (``sharder.intensity``: 16-bit
+through the sharder's percentile window), transformed as uint8 (H, W) tensors, scaled to 0..1,
+expanded to C = 1 or 3 channels and normalised with the encoder's pixel statistics.
+
+``TransformConfig.aug = "timm"`` replaces the transforms below by the MAE recipe exactly
+(``trainer.timm_aug``: timm ``create_transform`` with a timm RandAugment string, bicubic, pixel-noise
+erasing; MAE's bicubic eval). The default ``"torchvision"`` is the pipeline described next.
 
 Train transform (MAE/BEiT fine-tune style, via torchvision v2): RandomResizedCrop(img_size,
 scale=(crop_min, 1)) — ``crop_min`` defaults to 0.2 rather than ImageNet's 0.08 because a small

@@ -17,14 +17,14 @@ kept (normalised with the gray mean/std). Random erasing in ``pixel`` mode then 
 per-pixel N(0, 1) noise — channel 0 of 3-channel noise has exactly the 1-channel distribution.
 The cost is 3x the PIL work of a gray image on the train path (eval and probe stay gray).
 
-**Determinism.** timm draws from Python's ``random`` (crop, RandAugment, erasing boxes) and
-torch (erasing noise); ``trainer.finetune_data`` seeds only torch per sample. :class:`TimmTransform`
-therefore seeds ``random`` from the (seeded) torch generator for each call and restores its
-state afterwards, so a sample's augmentation stays a function of its sample seed.
+**Determinism.** timm draws from Python's ``random`` (crop, op magnitudes, erasing boxes),
+NumPy's global RNG (RandAugment's op choice) and torch (erasing noise); ``trainer.finetune_data``
+seeds only torch per sample. :class:`TimmTransform` therefore seeds ``random`` and ``np.random``
+from the (seeded) torch generator for each call and restores both afterwards, so a sample's
+augmentation stays a function of its sample seed.
 """
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 
@@ -88,15 +88,18 @@ class TimmTransform:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: uint8 (1, H, W). Returns float (in_chans, img_size, img_size)."""
         gray = Image.fromarray(np.ascontiguousarray(x[0].numpy()), mode="L")
-        state = random.getstate()
+        state, np_state = random.getstate(), np.random.get_state()
         try:
-            random.seed(int(torch.randint(0, 2**62, (1,)).item()))
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
             if self.rgb:
                 out = self.t(gray.convert("RGB"))  # (3, S, S), R = G = B until erasing
                 return out[:1] if self.in_chans == 1 else out
             out = self.t(gray)  # (1, S, S) normalised with channel 0's statistics
         finally:
             random.setstate(state)
+            np.random.set_state(np_state)
         if self.in_chans == 3:
             m, s = torch.tensor(self.gray_mean).view(3, 1, 1), torch.tensor(self.gray_std).view(3, 1, 1)
             out = (out * s[:1] + m[:1] - m) / s  # the same pixels normalised per channel
@@ -105,11 +108,3 @@ class TimmTransform:
     def __repr__(self) -> str:
         return f"TimmTransform(mode={self.mode}, in_chans={self.in_chans}, {self.t!r})"
 
-
-def parse_crop_pct(img_size: int, crop_pct: float | None) -> float:
-    """MAE's rule when ``crop_pct`` is None: 224/256 for img_size <= 224, else 1.0."""
-    if crop_pct is None:
-        return 224 / 256 if img_size <= 224 else 1.0
-    if not 0 < crop_pct <= 1 or math.isnan(crop_pct):
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    return float(crop_pct)
