@@ -101,6 +101,9 @@ class FinetuneConfig:
     label_smoothing: float | None = None  # default 0.1 fine-tune, 0 linear probe
     mixup: float = 0.0  # alpha; MAE ImageNet uses 0.8
     cutmix: float = 0.0  # alpha; MAE ImageNet uses 1.0
+    mixup_prob: float = 1.0  # probability of mixup or cutmix per batch (timm Mixup prob)
+    mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    mixup_mode: str = "batch"  # batch | pair | elem (timm Mixup mode)
     balanced: str = "none"  # none | loss | sampler
     clip_grad: float | None = None
     select_metric: str = "f1"  # f1 | accuracy | auc | loss (validation metric for model selection)
@@ -633,7 +636,7 @@ def fit_and_evaluate(train: Sequence[Record], val: Sequence[Record], test: Seque
         from timm.data import Mixup
 
         mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                         num_classes=k)
+                         num_classes=k, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode)
 
     best = {"score": -math.inf, "epoch": cfg.epochs - 1, "val": None, "state": None}
     records: list[dict] = []  # log.jsonl
@@ -947,6 +950,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--label-smoothing", type=float, default=None, help="default 0.1 (linear probe 0)")
     a("--mixup", type=float, default=d.mixup, help="mixup alpha (0: off)")
     a("--cutmix", type=float, default=d.cutmix, help="cutmix alpha (0: off)")
+    a("--mixup-prob", type=float, default=d.mixup_prob, help="probability of mixup/cutmix per batch")
+    a("--mixup-switch-prob", type=float, default=d.mixup_switch_prob, help="cutmix instead of mixup, when both on")
+    a("--mixup-mode", default=d.mixup_mode, choices=["batch", "pair", "elem"], help="timm Mixup mode")
     a("--balanced", default=d.balanced, choices=["none", "loss", "sampler"])
     a("--clip-grad", type=float, default=None)
     a("--select-metric", default=d.select_metric, choices=["f1", "accuracy", "auc", "loss"])

@@ -3,6 +3,7 @@ value with its source, every value still overridable on the command line.
 
     python -m trainer.finetune --recipe mae_vit_b ...            # MAE's ViT-B fine-tune recipe
     python -m trainer.finetune --recipe mae_vit_b --mixup 0 ...  # ... with one knob changed
+    cfg = apply_recipe(FinetuneConfig(task="busbra", ...), "mae_vit_b")   # Python
 
 Recipes: ``project`` (this repository's default, unchanged), ``mae_vit_b`` / ``mae_vit_l`` /
 ``mae_vit_h`` (facebookresearch/mae FINETUNE.md, main_finetune.py, util/datasets.py) and
@@ -56,6 +57,9 @@ class Recipe:
     label_smoothing: float | None = None
     mixup: float | None = None
     cutmix: float | None = None
+    mixup_prob: float | None = None
+    mixup_switch_prob: float | None = None
+    mixup_mode: str | None = None
     # augmentation
     aug: str | None = None  # torchvision | timm (trainer.timm_aug)
     auto_augment: str | None = None  # timm RandAugment string (aug="timm")
@@ -97,6 +101,7 @@ def _mae(name: str, summary: str, *, epochs: int, blr: float, layer_decay: float
         name=name, summary=summary,
         epochs=epochs, warmup_epochs=5, blr=blr, min_lr=1e-6, weight_decay=0.05, layer_decay=layer_decay,
         drop_path=drop_path, clip_grad=None, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
+        mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch",
         aug="timm", auto_augment=MAE_RANDAUG, interpolation="bicubic", crop_min=0.08, hflip=0.5, rotate_deg=0.0,
         reprob=0.25, re_mode="pixel", re_count=1, crop_pct=224 / 256,
         sources={
@@ -104,6 +109,7 @@ def _mae(name: str, summary: str, *, epochs: int, blr: float, layer_decay: float
             "reprob": _FT, "mixup": _FT, "cutmix": _FT,
             "warmup_epochs": _ARGS, "min_lr": _ARGS, "label_smoothing": f"{_ARGS} (--smoothing)",
             "clip_grad": f"{_ARGS} (None: no clipping)", "auto_augment": f"{_ARGS} (--aa)",
+            "mixup_prob": _ARGS, "mixup_switch_prob": _ARGS, "mixup_mode": _ARGS,
             "re_mode": f"{_ARGS} (--remode)", "re_count": f"{_ARGS} (--recount)",
             "interpolation": _DS, "crop_pct": f"{_DS} (224/256; 1.0 above 224 px)",
             "crop_min": f"{_TIMM}: scale (0.08, 1)", "hflip": _TIMM,
@@ -113,7 +119,6 @@ def _mae(name: str, summary: str, *, epochs: int, blr: float, layer_decay: float
             "global_batch": (batch, f"{_FT}: lr = blr x global batch / 256; not applied — batch_size is per "
                                     "rank and sized to the data set (a 1-2k image set would make 1-2 steps)"),
             "color_jitter": (None, f"{_ARGS}; timm also disables it when auto_augment is set"),
-            "mixup_prob / switch_prob / mode": ((1.0, 0.5, "batch"), f"{_ARGS}; the timm Mixup defaults used here"),
             "global_pool": (True, f"{_ARGS}; the encoder here is built with global_pool='avg'"),
             "mean / std": ("ImageNet", f"{_DS}; here the encoder's own statistics (part of the weights)"),
         })
@@ -123,7 +128,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(
         name="project", summary="this repository's default (torchvision pipeline, small-data schedule)",
         epochs=50, warmup_epochs=5.0, blr=None, min_lr=1e-6, weight_decay=None, layer_decay=0.65, drop_path=0.1,
-        clip_grad=None, label_smoothing=None, mixup=0.0, cutmix=0.0,
+        clip_grad=None, label_smoothing=None, mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+        mixup_mode="batch",
         aug="torchvision", randaug_ops=2, randaug_magnitude=9, crop_min=0.2, hflip=0.5, rotate_deg=10.0,
         reprob=0.25, crop_pct=0.875,
         sources={"*": "trainer/finetune.py FinetuneConfig defaults; blr / weight_decay / label_smoothing None: "
