@@ -111,7 +111,7 @@ def _mae(name: str, summary: str, *, epochs: int, blr: float, layer_decay: float
             "clip_grad": f"{_ARGS} (None: no clipping)", "auto_augment": f"{_ARGS} (--aa)",
             "mixup_prob": _ARGS, "mixup_switch_prob": _ARGS, "mixup_mode": _ARGS,
             "re_mode": f"{_ARGS} (--remode)", "re_count": f"{_ARGS} (--recount)",
-            "interpolation": _DS, "crop_pct": f"{_DS} (224/256; 1.0 above 224 px)",
+            "interpolation": _DS, "crop_pct": f"{_DS} (224/256 up to 224 px; MAE uses 1.0 above: pass --crop-pct 1)",
             "crop_min": f"{_TIMM}: scale (0.08, 1)", "hflip": _TIMM,
             "rotate_deg": f"{_DS}: no rotation in the transform", "aug": _DS,
         },
