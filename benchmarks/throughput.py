@@ -5,11 +5,16 @@
 shard  : `usf-shard build` frames/s vs just decoding the same inputs (decode_bound); ms per frame
          of each extract step (decode, curate, pHash, encode, hash + stats); peak RSS at two
          corpus sizes (x0.5, x4); 1 vs 2 workers.
-loader : DALI pretrain pipeline vs the PyTorch baseline (webdataset + DataLoader + torchvision v2)
-         vs DALI decode-only (the bound), equal threads; plus the DALI cost ladder between the
-         bound and the pipeline (crop decode, + resize).
-train  : MAE step with the fused path (DeepSpeed engine, fused/AVX Adam, SDPA, no per-step sync)
-         vs the same model eager (torch AdamW foreach, per-step .item(), no SDPA); MFU.
+loader : DALI pretrain pipeline vs the PyTorch pipeline a user would write (webdataset's own decode,
+         shuffle and batching + torchvision v2 RandomResizedCrop/flip/normalise in a WebLoader, same
+         workers) vs DALI decode-only (the bound), equal threads; the project's own PyTorch loader
+         (exact resume) beside them; plus the DALI cost ladder (crop decode, + resize). A shard set
+         with fewer shards than reader threads sizes the PyTorch workers to the shards (and says so).
+train  : MAE step as trainer/pretrain.py runs it (DeepSpeed engine, its kernels, precision auto)
+         vs the same model eager (torch AdamW foreach, per-step .item(), eager attention) and vs
+         facebookresearch/mae's plain loop (benchmarks/reference_mae.py), same process, alternating
+         rounds; MFU against a peak in the precision used (never > 1). On CPU also the contention
+         figure: demo pretraining img/s with one busy process beside it, as a ratio to idle.
 With no data given, a phantom corpus is generated and built in a temp dir.
 """
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import importlib.util
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -248,29 +254,66 @@ def _dali_stage(shards, opts, upto: str):
     return gen()
 
 
+def _wds_loader(shards: Path, opts, workers: int):
+    """The PyTorch pipeline a user would write, the baseline: webdataset's own shard reading,
+    shuffle buffer, decoding (PIL, gray) and batching, with torchvision v2 RandomResizedCrop (the
+    DALI pipeline's scale/ratio, bilinear + antialias), horizontal flip, to float and normalise
+    (the manifest's pixel stats), in ``workers`` DataLoader processes (``wds.WebLoader``)."""
+    import webdataset as wds
+    from torchvision.transforms import v2
+
+    from sharder.manifest import Manifest
+
+    man = Manifest.load(shards)
+    urls = [str(p) for p in man.shards("train")]
+    st = man.data["pixel_stats"]
+    tf = v2.Compose([v2.RandomResizedCrop(opts.img_size, scale=opts.scale, ratio=opts.ratio, antialias=True),
+                     v2.RandomHorizontalFlip(opts.hflip), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize([st["mean"]], [st["std"]])])
+    ds = (wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False)
+          .shuffle(opts.shuffle_buffer).decode("pill").to_tuple("jpg").map_tuple(tf)
+          .batched(opts.batch_size, partial=False)
+          .repeat())  # each worker passes over its shards again and again (epochs)
+    loader = wds.WebLoader(ds, batch_size=None, num_workers=workers)
+    return (imgs for (imgs,) in loader)
+
+
 def bench_loader(shards: Path, quick: bool, device: str) -> list[dict]:
     from dali_pipes import PretrainOptions, build_pretrain_loader
+    from sharder.manifest import Manifest
+    from trainer.threads import plan_threads
 
-    threads = 2 if device == "cpu" else 8
+    threads = plan_threads(None, None, torch.device(device)).loader_threads
     bs = 32 if device == "cpu" else 256
     batches = 8 if quick else 30
+    n_shards = len(Manifest.load(shards).shards("train"))
+    # readers that own whole shards (DataLoader workers) cannot outnumber the shards
+    readers = min(threads, n_shards)
+    if readers < threads:
+        print(f"loader: {shards} has {n_shards} train shard(s) for {threads} reader threads: the PyTorch "
+              f"loaders run {readers} worker(s) (one shard each at least); DALI keeps {threads} threads")
     opts = PretrainOptions(batch_size=bs, num_threads=threads, device="gpu" if device == "cuda" else "cpu",
                            device_id=0 if device == "cuda" else None, shuffle_buffer=256)
 
-    def endless(kind):
-        ld = build_pretrain_loader(shards, opts, kind=kind)
+    def endless(kind, o):
+        ld = build_pretrain_loader(shards, o, kind=kind)
         while True:
             yield from ld
 
-    dali = _time_loader(endless("dali"), batches, 2)
-    tl = _time_loader(endless("torch"), batches, 2)
+    dali = _time_loader(endless("dali", opts), batches, 2)
+    tl = _time_loader(_wds_loader(shards, opts, readers), batches, 2)
+    project = _time_loader(endless("torch", replace(opts, num_threads=readers)), batches, 2)
     ladder = {k: _time_loader(_dali_stage(shards, opts, k), batches, 2) for k in ("decode", "crop_decode", "crop_resize")}
     bound = ladder["decode"]
-    common = {"unit": "images/s", "batch_size": bs, "threads": threads, "img_size": opts.img_size}
+    common = {"unit": "images/s", "batch_size": bs, "threads": threads, "img_size": opts.img_size, "shards": n_shards}
     return [
         {"section": "loader", "name": "dali", "value": dali, "baseline": "torch", "ratio": dali / tl,
          "fraction_of_decode_bound": dali / bound, **common},
-        {"section": "loader", "name": "torch", "value": tl, "baseline": None, "ratio": None, **common},
+        {"section": "loader", "name": "torch", "value": tl, "baseline": None, "ratio": None, "workers": readers,
+         "kernel": "webdataset (decode, shuffle, batch) + WebLoader + torchvision v2", **common},
+        # the project's own PyTorch loader (exact resume, rank splits): what the contract costs
+        {"section": "loader", "name": "torch_project", "value": project, "baseline": "torch",
+         "ratio": project / tl, "workers": readers, "kernel": "dali_pipes.torch_loader", **common},
         {"section": "loader", "name": "dali_decode_only", "value": bound, "baseline": None, "ratio": None, **common},
         # the cost ladder: where the pipeline's time goes between the bound and the full pipeline
         {"section": "loader", "name": "dali_crop_decode", "value": ladder["crop_decode"], "baseline": None,
@@ -281,88 +324,184 @@ def bench_loader(shards: Path, quick: bool, device: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------ train
-def _step_rate(model_name: str, fused: bool, bs: int, steps: int, device: torch.device, dtype) -> dict:
-    """images/s of MAE train steps. fused: what trainer/pretrain.py runs — DeepSpeed engine (ZeRO-1,
-    fused/AVX Adam, lazy logging) with its default attention choice (SDPA on CUDA, eager on CPU).
-    baseline: plain eager loop, torch AdamW foreach, eager attention, `.item()` every step."""
-    from trainer.flops import train_flops_per_image
-    from trainer.kernels import attention_kernel, make_optimizer, param_groups, use_sdpa
-    from trainer.model import MaskedAutoencoderViT, config_for
+def _train_steps(kind: str, model_name: str, bs: int, device: torch.device, precision: str):
+    """-> (step(), kernel description) for one MAE train step on a fixed batch (data excluded).
 
+    fused    : what trainer/pretrain.py runs, built the same way (launch/ds.json through
+               ``build_ds_config``: DeepSpeed engine, ZeRO-1, clipping, the kernels of
+               ``trainer.kernels`` with ``--attention auto``, the non-finite check DeepSpeed
+               does anyway, no per-step host sync of ours).
+    baseline : the same model eager: plain loop, torch AdamW foreach, eager attention, clipping,
+               ``.item()`` every step.
+    reference: facebookresearch/mae's plain loop (benchmarks/reference_mae.py)."""
+    from trainer.config import TrainConfig
+    from trainer.kernels import attention_kernel, make_optimizer, param_groups, tune_ds_config_for_cpu, use_sdpa
+    from trainer.model import MaskedAutoencoderViT, config_for
+    from trainer.precision import torch_dtype
+
+    dtype = torch_dtype(precision)
+    if kind == "reference":
+        from benchmarks.reference_mae import reference_step
+
+        return reference_step(model_name, bs, device, dtype)
     torch.manual_seed(0)
-    sdpa = use_sdpa("auto", fused, device)
+    sdpa = use_sdpa("auto", kind == "fused", device, precision)
     cfg = config_for(model_name, fused_attn=sdpa)
     model = MaskedAutoencoderViT(cfg).to(device)
     x = torch.randn(bs, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
-    groups = param_groups(model, 0.05)
-    if fused:
+    if kind == "fused":
         import deepspeed
 
-        opt, kernel = make_optimizer(groups, 1e-4, (0.9, 0.95), 1e-8, 0.05, fused=True)
-        kernel = f"{kernel}, {attention_kernel(sdpa)}"
-        ds = {"train_micro_batch_size_per_gpu": bs, "gradient_clipping": 3.0, "steps_per_print": 10**9,
-              "bf16": {"enabled": dtype == torch.bfloat16}, "zero_optimization": {"stage": 1},
-              "zero_allow_untested_optimizer": True}
+        from trainer.pretrain import build_ds_config
+
+        tc = TrainConfig(model=model_name, batch_size=bs, precision=precision, tensorboard=False)
+        ds, lr = build_ds_config(tc, 1, 1000)
+        if device.type == "cpu":
+            tune_ds_config_for_cpu(ds)
+        op = ds.pop("optimizer", {}).get("params", {})
+        ds["steps_per_print"] = 10**9
+        opt, kernel = make_optimizer(param_groups(model, op.get("weight_decay", 0.05)), lr=lr,
+                                     betas=tuple(op.get("betas", (0.9, 0.95))), eps=op.get("eps", 1e-8),
+                                     weight_decay=op.get("weight_decay", 0.05), fused=True)
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
-        xx = x.to(dtype)
+        xx, gen = x.to(dtype), torch.Generator(device=device)
+        stage = ds.get("zero_optimization", {}).get("stage", 0)
 
         def step():
-            loss, _, _ = engine(xx)
+            gen.manual_seed(0)  # pretrain.py's per-step masking noise
+            noise = torch.rand(bs, cfg.num_patches, device=device, generator=gen)
+            loss, _, _ = engine(xx, noise=noise)
             engine.backward(loss)
             engine.step()
+            engine.was_step_applied()
             return loss
-    else:
-        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), foreach=True)
-        kernel = "torch.optim.AdamW(foreach=True), eager attention"
+        return step, f"DeepSpeed ZeRO-{stage} + {kernel}, {attention_kernel(sdpa)}"
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), foreach=True)
 
-        def step():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype == torch.bfloat16):
-                loss, _, _ = model(x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
-            opt.step()
-            loss.item()  # the per-step host sync of the reference engine
-            return loss
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    float(loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    ips = bs / dt
-    return {"value": ips, "step_s": dt, "kernel": kernel,
-            "tflops": ips * train_flops_per_image(cfg) / 1e12}
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss, _, _ = model(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        opt.step()
+        loss.item()  # the per-step host sync of the reference engine
+        return loss
+    return step, "torch.optim.AdamW(foreach=True), eager attention, .item() per step"
 
 
-def bench_train(quick: bool, device: str) -> list[dict]:
-    from trainer.flops import peak_tflops
+def _step_rates(kinds: list[str], model_name: str, bs: int, steps: int, rounds: int, device: torch.device,
+                precision: str) -> dict[str, dict]:
+    """images/s of each kind, measured in the same process in alternating rounds (best round
+    each: a shared machine's noise hits every kind alike)."""
+    from trainer.flops import train_flops_per_image
+    from trainer.model import config_for
+
+    fns = {k: _train_steps(k, model_name, bs, device, precision) for k in kinds}
+    for step, _ in fns.values():
+        for _ in range(2):  # warm-up: oneDNN kernel selection, allocator, DeepSpeed buffers
+            step()
+    best = dict.fromkeys(kinds, float("inf"))
+    for _ in range(rounds):
+        for k, (step, _) in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps):
+                loss = step()
+            float(loss.detach())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[k] = min(best[k], (time.perf_counter() - t) / steps)
+    flops = train_flops_per_image(config_for(model_name))
+    return {k: {"value": bs / best[k], "step_s": best[k], "kernel": fns[k][1], "tflops": bs / best[k] * flops / 1e12}
+            for k in kinds}
+
+
+_BUSY = "while True: pass"
+
+
+def _demo_pretrain_rate(shards: Path, out: Path, steps: int, busy: bool) -> float:
+    """Median images/s that trainer/pretrain.py logs on the demo settings (launch/demo.env),
+    start-up excluded; ``busy``: one process spinning on a core beside it the whole time."""
+    import statistics
+    import subprocess
+
+    from benchmarks.proof_curve import demo_env
+
+    env = demo_env()
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "trainer" / "pretrain.py"), "--deepspeed_config", str(root / "launch" / "ds.json"),
+           "--data", str(shards), "--output-dir", str(out), "--model", env.get("MODEL", "mae_vit_demo_patch8"),
+           "--img-size", env.get("IMG_SIZE", "64"), "--batch-size", env.get("BATCH", "16"), "--blr", env.get("BLR", "8e-3"),
+           "--warmup-steps", "10", "--max-steps", str(steps), "--log-every", str(max(1, steps // 8)),
+           "--no-tensorboard", "--no-recon-every-epoch"]
+    hog = subprocess.Popen([sys.executable, "-c", _BUSY]) if busy else None
+    try:
+        p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    if p.returncode != 0:
+        raise RuntimeError(f"demo pretraining failed in the contention benchmark:\n{p.stderr[-3000:]}")
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["images_per_s"] for r in recs[2:] or recs)  # first records: start-up, governor settling
+
+
+def bench_contention(shards: Path, tmp: Path, quick: bool) -> list[dict]:
+    """Demo pretraining with one busy process beside it, as a ratio to idle (2 cores: ideal 0.5)."""
+    steps = 400 if quick else 1200
+    idle = _demo_pretrain_rate(shards, tmp / "contention_idle", steps, busy=False)
+    busy = _demo_pretrain_rate(shards, tmp / "contention_busy", steps, busy=True)
+    cores = os.cpu_count() or 1
+    return [{"section": "train", "name": "contention", "unit": "images/s", "value": busy, "baseline": "idle",
+             "ratio": busy / idle, "idle_images_per_s": idle, "ideal_ratio": (cores - 1) / cores,
+             "model": "demo (launch/demo.env)", "steps": steps, "kernel": "trainer/pretrain.py, one busy process beside it"}]
+
+
+def bench_train(quick: bool, device: str, shards: Path | None = None, tmp: Path | None = None) -> list[dict]:
+    from trainer.flops import mfu, peak_tflops
+    from trainer.precision import resolve_precision, torch_dtype
 
     dev = torch.device("cuda" if device == "cuda" else "cpu")
-    dtype = torch.bfloat16
+    precision, why = resolve_precision("auto", dev)
+    print(f"train: precision {precision} ({why})")
     if dev.type == "cuda":
-        model, bs, steps = "mae_vit_base_patch16", 256, 5 if quick else 20
+        model, bs, steps, rounds = "mae_vit_base_patch16", 256, 5 if quick else 20, 2
     else:
-        model, bs, steps = ("mae_vit_demo_patch16", 16, 3) if quick else ("mae_vit_small_patch16", 32, 4)
-    peak, src = peak_tflops(dev, dtype)
-    base = _step_rate(model, False, bs, steps, dev, dtype)
-    fused = _step_rate(model, True, bs, steps, dev, dtype)
-    common = {"unit": "images/s", "model": model, "batch_size": bs, "dtype": "bf16", "peak_tflops": peak,
+        model, bs, steps, rounds = ("mae_vit_demo_patch16", 16, 3, 2) if quick else ("mae_vit_small_patch16", 32, 2, 3)
+    peak, src = peak_tflops(dev, torch_dtype(precision))
+    rates = _step_rates(["fused", "baseline", "reference"], model, bs, steps, rounds, dev, precision)
+    common = {"unit": "images/s", "model": model, "batch_size": bs, "dtype": precision, "precision_reason": why,
               "peak_source": src}
-    return [
-        {"section": "train", "name": "fused", **fused, "baseline": "baseline", "ratio": fused["value"] / base["value"],
-         "mfu": fused["tflops"] / peak if peak else None, **common},
-        {"section": "train", "name": "baseline", **base, "baseline": None, "ratio": None,
-         "mfu": base["tflops"] / peak if peak else None, **common},
-    ]
+    out = []
+    for name, base in (("fused", "baseline"), ("baseline", None), ("reference", None)):
+        r = rates[name]
+        m, p = mfu(r["tflops"], peak)
+        out.append({"section": "train", "name": name, **r, "baseline": base,
+                    "ratio": r["value"] / rates[base]["value"] if base else None,
+                    "ratio_vs_reference": r["value"] / rates["reference"]["value"], "mfu": m, "peak_tflops": p, **common})
+    if shards is not None and dev.type == "cpu":
+        out += bench_contention(shards, tmp, quick)
+    return out
 
 
 # ------------------------------------------------------------------ main
+def _phantom_shards(tmp: Path) -> Path:
+    """A small phantom corpus built into shards (64 samples each) for the loader and train sections."""
+    from sharder.build import build
+    from sharder.config import BuildConfig, quick_datasets
+    from sharder.phantom import write_demo_corpus
+
+    raw = tmp / "loader_raw"
+    write_demo_corpus(raw, seed=1, scale=0.5)
+    shards = tmp / "loader_shards"
+    build(BuildConfig(datasets=quick_datasets([raw]), shard_max_samples=64), shards, progress=False)
+    return shards
+
+
 def machine() -> dict:
     import psutil
 
@@ -393,13 +532,14 @@ def table(results: list[dict]) -> str:
     rows = [("section", "name", "value", "unit", "vs", "ratio", "notes")]
     for r in results:
         notes = []
-        for k in ("fraction_of_decode_bound", "mfu", "scaling_vs_1_worker", "share_of_decode"):
+        for k in ("fraction_of_decode_bound", "mfu", "scaling_vs_1_worker", "share_of_decode", "ratio_vs_reference",
+                  "ideal_ratio"):
             if r.get(k) is not None:
                 notes.append(f"{k}={r[k]:.2f}")
-        for k in ("peak_rss_mib", "step_s", "tflops"):
+        for k in ("peak_rss_mib", "step_s", "tflops", "idle_images_per_s"):
             if r.get(k) is not None:
                 notes.append(f"{k}={r[k]:.3g}")
-        for k in ("batch_size", "threads", "img_size", "workers", "scale", "model", "kernel"):
+        for k in ("batch_size", "threads", "img_size", "workers", "scale", "model", "dtype", "kernel"):
             if r.get(k) is not None:
                 notes.append(f"{k}={r[k]}")
         rows.append((r["section"], r["name"], f"{r['value']:.3g}" if r["value"] < 100 else f"{r['value']:.0f}", r["unit"], r.get("baseline") or "",
@@ -414,7 +554,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (the demo and CI)")
     p.add_argument("--json", default="benchmarks/results/latest.json")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--shards", help="existing shard dir for the loader section")
+    p.add_argument("--shards", help="existing shard dir for the loader section and the contention figure")
+    p.add_argument("--note", help="free text saved in the JSON (e.g. 'shared machine, under load')")
+    p.add_argument("--contention", action=argparse.BooleanOptionalAction, default=True,
+                   help="train on CPU: demo pretraining beside one busy process vs idle (two trainer runs)")
     a = p.parse_args(argv)
     sections = a.sections or ["shard", "loader", "train"]
     bad = sorted(set(sections) - {"shard", "loader", "train"})
@@ -425,21 +568,14 @@ def main(argv=None) -> int:
         tmp = Path(td)
         if "shard" in sections:
             results += bench_shard(tmp, a.quick)
+        shards = Path(a.shards) if a.shards else None
+        if shards is None and ("loader" in sections or ("train" in sections and a.contention)):
+            shards = _phantom_shards(tmp)
         if "loader" in sections:
-            shards = Path(a.shards) if a.shards else None
-            if shards is None:
-                from sharder.build import build
-                from sharder.config import BuildConfig, quick_datasets
-                from sharder.phantom import write_demo_corpus
-
-                raw = tmp / "loader_raw"
-                write_demo_corpus(raw, seed=1, scale=0.5)
-                shards = tmp / "loader_shards"
-                build(BuildConfig(datasets=quick_datasets([raw]), shard_max_samples=64), shards, progress=False)
             results += bench_loader(shards, a.quick, a.device)
         if "train" in sections:
-            results += bench_train(a.quick, a.device)
-    out = {"machine": machine(), "versions": versions(), "quick": a.quick, "results": results}
+            results += bench_train(a.quick, a.device, shards if a.contention else None, tmp)
+    out = {"machine": machine(), "versions": versions(), "quick": a.quick, "note": a.note, "results": results}
     print(table(results))
     print(f"machine: {out['machine']}")
     if a.json:

@@ -30,17 +30,18 @@ usf-shard -q verify "$OUT/shards"
 usf-shard stats "$OUT/shards"
 usf-shard preview "$OUT/shards" --out "$OUT/preview.png" -n 48
 
-stage "3/6 MAE pretraining: deepspeed trainer/pretrain.py --deepspeed_config launch/ds.json"
+stage "3/6 MAE pretraining: deepspeed trainer/pretrain.py --deepspeed_config launch/ds.json (--precision auto)"
 deepspeed --num_gpus 1 trainer/pretrain.py --deepspeed_config launch/ds.json --data "$OUT/shards" \
   --model "$MODEL" --img-size "$IMG_SIZE" --output-dir "$OUT/pretrain" --max-steps "$PRETRAIN_STEPS" \
-  --batch-size "$BATCH" --blr "$BLR" --warmup-steps "$WARMUP" --log-every 100 --save-every 600 --workers 2 \
+  --batch-size "$BATCH" --blr "$BLR" --warmup-steps "$WARMUP" --log-every 100 --save-every 600 \
   ${PRETRAIN_EXTRA:-}
 
 stage "4/6 export the encoder for plain timm"
 $PY -m trainer.export "$OUT/pretrain" "$OUT/export"
 
 stage "5/6 throughput benchmark (quick): loader and train step beside their baselines"
-$PY benchmarks/throughput.py loader train --quick --json "$OUT/throughput.json"
+# (the contention figure, two more trainer runs, is in the full `make bench`)
+$PY benchmarks/throughput.py loader train --quick --no-contention --json "$OUT/throughput.json"
 
 stage "6/6 proof: does pretraining help on the held-out lesion task?"
 if [ -f launch/demo_proof.sh ]; then
