@@ -107,6 +107,7 @@ def train(cfg: TrainConfig) -> int:
     precision, precision_why = resolve_precision(cfg.precision, device)
     threads = plan_threads(cfg.threads, cfg.workers, device)
     apply_plan(threads)
+    governor = ThreadGovernor(threads, enabled=cpu)  # its first reading spans the start-up below
     requested = {"precision": cfg.precision, "threads": cfg.threads, "workers": cfg.workers}
     cfg.precision, cfg.workers = precision, threads.loader_threads
 
@@ -161,7 +162,6 @@ def train(cfg: TrainConfig) -> int:
     log.info("precision %s (%s) | threads: torch %d (%s), loader %d, %d cores / %d local rank(s)", precision,
              precision_why, threads.torch_threads, threads.source, threads.loader_threads, threads.cores,
              threads.local_world)
-    governor = ThreadGovernor(threads, enabled=cpu)
     guard = NonFiniteGuard(engine, cfg.max_nonfinite, rank, world)
     log.info(guard.describe())
 

@@ -18,9 +18,12 @@ Governor (:class:`ThreadGovernor`, CPU training only, when the thread count was 
 every ``interval_s`` it reads the CPU time the machine's other processes used on our cores
 (``/proc/stat`` minus our own process time) and sets torch's threads to the cores left
 (rounded, at least 1, at most the plan); a change needs two readings in a row. Thread counts
-change the floating-point reduction order, so runs that must be bitwise reproducible (resume
-tests) pin ``--threads`` (or ``OMP_NUM_THREADS``); the first ``warmup_steps`` steps (start-up,
-JIT builds) are never measured, so short runs never see a change.
+The first decision comes after the first step (the window from start-up to there, if it lasted
+``initial_s``): a machine already busy starts the loop at fewer threads, which matters most (two
+threads beside a busy process ran the proof's pretraining at 3 img/s, one thread at 80). Later
+changes need ``warmup_steps`` steps first, so a run of a few steps never changes mid-way. Thread
+counts change the floating-point reduction order: runs that must be bitwise reproducible across
+processes (resume tests) pin ``--threads`` (or ``OMP_NUM_THREADS``).
 """
 from __future__ import annotations
 
@@ -114,12 +117,14 @@ class ThreadGovernor:
     when they leave (module doc). ``tick()`` is called once per step and costs a clock read;
     a reading of /proc/stat happens every ``interval_s``."""
 
-    def __init__(self, plan: ThreadPlan, enabled: bool, interval_s: float = 2.0, warmup_steps: int = 50):
+    def __init__(self, plan: ThreadPlan, enabled: bool, interval_s: float = 2.0, warmup_steps: int = 50,
+                 initial_s: float = 0.5):
         self.max = plan.torch_threads
         self.current = plan.torch_threads
         self.enabled = enabled and not plan.pinned and self.max > 1 and Path("/proc/stat").exists()
         self.interval = interval_s
         self.warmup = warmup_steps
+        self.initial_s = initial_s
         self.steps = 0
         try:
             self.cpus = os.sched_getaffinity(0)
@@ -139,27 +144,42 @@ class ThreadGovernor:
         """Threads to run when other processes use ``others`` cores of ours."""
         return max(1, min(self.max, round(self.cores - others)))
 
+    def _read(self) -> float | None:
+        """Cores the other processes used since the last mark (and a new mark)."""
+        wall, proc, busy = time.monotonic() - self.t_wall, time.process_time() - self.t_proc, self.t_busy
+        self._mark()
+        if busy is None or self.t_busy is None or wall <= 0:
+            return None
+        self.others = max(0.0, (self.t_busy - busy) / self.tck - proc) / wall
+        return self.others
+
+    def _set(self, want: int) -> None:
+        log.info("threads: torch intra-op %d -> %d (other processes use %.1f of %d cores)",
+                 self.current, want, self.others, self.cores)
+        torch.set_num_threads(want)
+        self.current, self._pending = want, None
+        self.changes += 1
+
     def tick(self) -> None:
+        if not self.enabled:
+            return
         self.steps += 1
+        if self.steps == 1:  # the first decision: start-up + first step as the window
+            if time.monotonic() - self.t_wall >= self.initial_s and self._read() is not None:
+                if self.target(self.others) != self.current:
+                    self._set(self.target(self.others))
+            self._mark()
+            return
         if self.steps <= self.warmup:
             if self.steps == self.warmup:
                 self._mark()
             return
-        if not self.enabled or time.monotonic() - self.t_wall < self.interval:
+        if time.monotonic() - self.t_wall < self.interval or self._read() is None:
             return
-        wall, proc, busy = time.monotonic() - self.t_wall, time.process_time() - self.t_proc, self.t_busy
-        self._mark()
-        if busy is None or self.t_busy is None:
-            return
-        self.others = max(0.0, (self.t_busy - busy) / self.tck - proc) / wall
         want = self.target(self.others)
         if want == self.current:
             self._pending = None
         elif self._pending == want:  # two readings in a row agree
-            log.info("threads: torch intra-op %d -> %d (other processes use %.1f of %d cores)",
-                     self.current, want, self.others, self.cores)
-            torch.set_num_threads(want)
-            self.current, self._pending = want, None
-            self.changes += 1
+            self._set(want)
         else:
             self._pending = want
