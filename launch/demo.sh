@@ -25,7 +25,9 @@ usf-shard -q demo "$OUT/raw" --scale "$CORPUS_SCALE" --downstream lesions_holdou
   --task-conspicuity "$TASK_CONSPICUITY"
 
 stage "2/6 usf-shard build (lesions_holdout kept out of pretraining), verify, stats, preview"
-usf-shard build "$OUT/raw" --out "$OUT/shards" --workers 2 --holdout lesions_holdout
+# --text-policy off: the phantom burns typed labels into its scan regions on purpose; real data keeps
+# the default (reject: frames the offline OCR reads text in are dropped, counted as text_found)
+usf-shard build "$OUT/raw" --out "$OUT/shards" --workers 2 --holdout lesions_holdout --text-policy off
 usf-shard -q verify "$OUT/shards"
 usf-shard stats "$OUT/shards"
 usf-shard preview "$OUT/shards" --out "$OUT/preview.png" -n 48

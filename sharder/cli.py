@@ -15,7 +15,7 @@ def _build(a) -> int:
     try:
         cfg = load_config(a.config, {"seed": a.seed, "strict": a.strict or None, "codec": a.codec,
                                      "shard_max_samples": a.shard_max_samples,
-                                     "val_fraction": a.val_fraction})
+                                     "val_fraction": a.val_fraction, "text_policy": a.text_policy})
         if a.inputs:
             cfg.datasets += quick_datasets(a.inputs, holdout=tuple(a.holdout or ()))
             from .config import validate
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="quick mode: dataset (folder) kept out of pretraining shards (repeatable)")
     b.add_argument("--shard-max-samples", type=int, default=None, dest="shard_max_samples")
     b.add_argument("--val-fraction", type=float, default=None, dest="val_fraction")
+    b.add_argument("--text-policy", choices=("reject", "clean", "off"), default=None, dest="text_policy",
+                   help="frames in which the offline OCR reads text: reject (default), clean (inpaint) or off")
     b.add_argument("--keep-work", action="store_true", help="keep the _work dir (debugging)")
     b.set_defaults(fn=_build)
     v = sub.add_parser("verify", help="check shards, samples and accounting")

@@ -89,10 +89,11 @@ class BuildConfig:
     # text gate sampling within one cine/video/volume: besides first/middle/last, frames whose
     # crop box changed, and every frame after one with text, every n-th frame is checked
     text_check_every: int = 16
-    # the text gate's policy for datasets that set none. "off" in code until the phantom builds
-    # (tests/conftest.py, launch/demo.sh) opt out: the phantom burns text into its scan regions
-    # and "reject" drops half of it. The registry (openus46.yaml) sets "reject".
-    text_policy: str = "off"
+    # the text gate's policy for datasets that set none: a frame in which the offline detector
+    # reads text is rejected (reason text_found) unless a dataset asks for "clean" (inpaint the
+    # boxes) or, knowingly, "off". Phantom builds opt out explicitly (tests/conftest.py,
+    # launch/demo.sh): the phantom burns typed labels into its scan regions on purpose.
+    text_policy: str = "reject"
 
     def resolved(self) -> dict:
         """The config as written into the manifest: roots are dropped (they are local paths that

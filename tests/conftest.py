@@ -28,6 +28,9 @@ def demo_shards(tmp_path_factory, demo_raw) -> Path:
     from sharder.config import BuildConfig, quick_datasets
 
     out = tmp_path_factory.mktemp("shards") / "out"
-    cfg = BuildConfig(datasets=quick_datasets([demo_raw]), shard_max_samples=12, val_fraction=0.1)
+    # text gate off: the phantom burns typed labels into its scan regions on purpose (the gate's
+    # default, reject, is tested on real scanner files in test_real_scanner.py)
+    cfg = BuildConfig(datasets=quick_datasets([demo_raw]), shard_max_samples=12, val_fraction=0.1,
+                      text_policy="off")
     build(cfg, out, workers=2, progress=False)
     return out

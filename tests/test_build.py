@@ -94,7 +94,7 @@ def test_pixels_round_trip_losslessly(tmp_path):
                            scene_seed=100 + i, banner="X")
         cv2.imwrite(str(raw / f"f{i}.png"), img)
         want.add(curate(img, CurateOptions()).image.tobytes())
-    build(BuildConfig(datasets=quick_datasets([raw.parent]), codec="png", val_fraction=0.0), tmp_path / "out",
+    build(BuildConfig(text_policy="off", datasets=quick_datasets([raw.parent]), codec="png", val_fraction=0.0), tmp_path / "out",
           progress=False)
     got = {decode(mem["png"], "png").tobytes() for _, _, mem, _ in _samples(tmp_path / "out", None)}
     assert got == want
@@ -107,7 +107,7 @@ def test_splits_are_by_group_and_deterministic(demo_shards, demo_raw, tmp_path):
     assert all(len(s) == 1 for s in groups.values())
     assert {"train", "val"} <= set().union(*groups.values())
     # a rebuild gives the same bytes
-    cfg = BuildConfig(datasets=quick_datasets([demo_raw]), shard_max_samples=12, val_fraction=0.1)
+    cfg = BuildConfig(text_policy="off", datasets=quick_datasets([demo_raw]), shard_max_samples=12, val_fraction=0.1)
     build(cfg, tmp_path / "again", workers=1, progress=False)
     a, b = Manifest.load(demo_shards), Manifest.load(tmp_path / "again")
     assert [s["sha256"] for s in a.data["shards"]] == [s["sha256"] for s in b.data["shards"]]
@@ -118,7 +118,7 @@ def test_splits_are_by_group_and_deterministic(demo_shards, demo_raw, tmp_path):
 
 
 def test_interrupted_build_resumes_byte_identical(demo_raw, tmp_path, monkeypatch):
-    cfg = BuildConfig(datasets=quick_datasets([demo_raw]), shard_max_samples=12)
+    cfg = BuildConfig(text_policy="off", datasets=quick_datasets([demo_raw]), shard_max_samples=12)
     build(cfg, tmp_path / "clean", workers=1, progress=False)
 
     real = build_mod.write_shard
@@ -160,7 +160,7 @@ def test_privacy_nothing_identifying_leaks(tmp_path, caplog):
     assert any(name in str(p) for p in raw.rglob("*"))  # the plant is really there
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        build(BuildConfig(datasets=quick_datasets([raw])), out, progress=False)
+        build(BuildConfig(text_policy="off", datasets=quick_datasets([raw])), out, progress=False)
     p = run_py(["-m", "sharder.cli", "stats", str(out)])
     needles = [b"ZYXWVUT", b"zyxwvut", b"QUENTIN", b"Quentin", b"quentin"]
     for pat in SHAREABLE:
@@ -189,7 +189,7 @@ def test_holdout_sets_stay_out_and_leaks_are_dropped(tmp_path):
         cv2.imwrite(str(root / "pretrain_breast" / f"p{i}.png"), img)
     cv2.imwrite(str(root / "busbra" / "held0.png"), imgs[0])  # leaked: same frame in both
     cv2.imwrite(str(root / "busbra" / "held1.jpg"), imgs[2], [cv2.IMWRITE_JPEG_QUALITY, 90])  # re-encoded
-    cfg = BuildConfig(datasets=quick_datasets([root], holdout=("busbra",)), val_fraction=0.0)
+    cfg = BuildConfig(text_policy="off", datasets=quick_datasets([root], holdout=("busbra",)), val_fraction=0.0)
     m = build(cfg, tmp_path / "out", progress=False)
     assert m["datasets"]["busbra"]["written"] == 2
     assert m["datasets"]["pretrain_breast"]["written"] == 2
@@ -238,10 +238,10 @@ def test_bad_config_fails_before_any_work(tmp_path):
 
 def test_missing_root_is_reported_or_fatal(tmp_path, demo_raw):
     specs = [DatasetSpec(name="gone", root=str(tmp_path / "nope")), *quick_datasets([demo_raw])[:1]]
-    m = build(BuildConfig(datasets=specs), tmp_path / "o1", progress=False)
+    m = build(BuildConfig(text_policy="off", datasets=specs), tmp_path / "o1", progress=False)
     assert m["datasets"]["gone"]["missing_root"] and m["totals"]["written"] > 0
     with pytest.raises(build_mod.BuildError, match="gone"):
-        build(BuildConfig(datasets=specs, strict=True), tmp_path / "o2", progress=False)
+        build(BuildConfig(text_policy="off", datasets=specs, strict=True), tmp_path / "o2", progress=False)
 
 
 def test_cli_build_verify_stats_preview(tmp_path, demo_raw):
@@ -249,6 +249,9 @@ def test_cli_build_verify_stats_preview(tmp_path, demo_raw):
     p = run_py(["-m", "sharder.cli", "-q", "build", str(demo_raw / "breast_png"), str(demo_raw / "kidney_mixed"),
                 "--out", str(out)])
     assert "inputs" in p.stdout and "written" in p.stdout
+    gate = json.loads((out / "manifest.json").read_text())["totals"]["text_gate"]
+    assert BuildConfig().text_policy == "reject"  # the default: no flag, no config
+    assert gate["checked"] > 0 and gate["rejected"] == gate["found"] and gate["cleaned"] == 0
     assert run_py(["-m", "sharder.cli", "-q", "verify", str(out)]).stdout.strip().endswith("0 problem(s)")
     assert "TOTAL" in run_py(["-m", "sharder.cli", "stats", str(out)]).stdout
     run_py(["-m", "sharder.cli", "preview", str(out), "--out", str(tmp_path / "sheet.png"), "-n", "12"])
@@ -268,7 +271,7 @@ def test_cli_build_verify_stats_preview(tmp_path, demo_raw):
 def test_kill_during_extraction_resumes_and_worker_count_does_not_matter(demo_raw, tmp_path, monkeypatch, caplog):
     """A kill in the middle of an input: the re-run keeps every finished input, redoes the
     half-done one, and the output equals a clean build made with a different worker count."""
-    cfg = BuildConfig(datasets=quick_datasets([demo_raw]), shard_max_samples=12)
+    cfg = BuildConfig(text_policy="off", datasets=quick_datasets([demo_raw]), shard_max_samples=12)
     build(cfg, tmp_path / "clean", workers=2, progress=False)
 
     real = build_mod._Extractor._one_input
