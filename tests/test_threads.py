@@ -42,3 +42,13 @@ def test_governor_gives_back_the_cores_others_use(monkeypatch):
     assert g.target(0.0) == 2 and g.target(0.2) == 2
     assert g.target(0.7) == 1  # one busy process beside two spinning threads takes ~0.67 core
     assert g.target(5.0) == 1  # never below one
+
+
+def test_governor_stays_off_in_short_runs(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    g = ThreadGovernor(plan_threads(None, None, CPU), enabled=True)
+    g.limit_to_long_runs(threads.MIN_STEPS - 1)
+    assert not g.enabled
+    g.tick()  # no-op
+    assert g.current == 2

@@ -162,6 +162,7 @@ def train(cfg: TrainConfig) -> int:
     log.info("precision %s (%s) | threads: torch %d (%s), loader %d, %d cores / %d local rank(s)", precision,
              precision_why, threads.torch_threads, threads.source, threads.loader_threads, threads.cores,
              threads.local_world)
+    governor.limit_to_long_runs(total_steps)
     guard = NonFiniteGuard(engine, cfg.max_nonfinite, rank, world)
     log.info(guard.describe())
 

@@ -22,8 +22,11 @@ The first decision comes after the first step (the window from start-up to there
 ``initial_s``): a machine already busy starts the loop at fewer threads, which matters most (two
 threads beside a busy process ran the proof's pretraining at 3 img/s, one thread at 80). Later
 changes need ``warmup_steps`` steps first, so a run of a few steps never changes mid-way. Thread
-counts change the floating-point reduction order: runs that must be bitwise reproducible across
-processes (resume tests) pin ``--threads`` (or ``OMP_NUM_THREADS``).
+counts change the floating-point reduction order, so the governor stays off in runs shorter than
+``MIN_STEPS`` (tests and debugging runs, where a rerun or a resume must reproduce the floats
+whatever else the machine is doing; a resume test failed on a loaded machine when the two runs
+started at different thread counts). Longer runs that must be bitwise reproducible across
+processes pin ``--threads`` (or ``OMP_NUM_THREADS``).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("trainer")
+MIN_STEPS = 100  # shorter runs keep the planned thread count (reproducible floats)
 
 
 @dataclass
@@ -136,6 +140,12 @@ class ThreadGovernor:
         self.others = 0.0  # cores other processes used in the last interval
         self._pending: int | None = None
         self._mark()
+
+    def limit_to_long_runs(self, total_steps: int) -> None:
+        """Off for runs shorter than ``MIN_STEPS`` (module doc)."""
+        if total_steps < MIN_STEPS and self.enabled:
+            self.enabled = False
+            log.info("threads: governor off (%d steps < %d: the thread count stays fixed)", total_steps, MIN_STEPS)
 
     def _mark(self) -> None:
         self.t_wall, self.t_proc, self.t_busy = time.monotonic(), time.process_time(), _cpu_jiffies(self.cpus)
