@@ -115,7 +115,7 @@ def test_missing_member_is_named_or_skipped_and_counted(demo_shards, tmp_path, c
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("world", [2, 3])
 def test_every_rank_has_the_same_batches(demo_shards, kind, world):
-    """Uneven shards (12 x 6 + 8 samples) and, for the torch loader, more workers than shards
+    """Uneven shards (12 samples each, the last fewer) and, for the torch loader, more workers than shards
     per rank (world 3 x 3 workers = 9 readers of 7 shards): every rank yields len(loader) batches,
     the same number, and no sample is seen on two ranks in the epoch."""
     opts = PretrainOptions(img_size=32, batch_size=4, num_threads=3, device="cpu", shuffle_buffer=8)
@@ -125,8 +125,10 @@ def test_every_rank_has_the_same_batches(demo_shards, kind, world):
         got = [k for b in ld for k in b["keys"]]
         lens.append((len(ld), len(got) // 4, ld.epoch))
         keys += got
-    n = 80 // world // 4
-    assert lens == [(n, n, 1)] * world
+    from sharder.manifest import Manifest
+
+    n = Manifest.load(demo_shards).num_samples("train") // world // 4
+    assert n >= 2 and lens == [(n, n, 1)] * world
     assert len(keys) == len(set(keys)) == n * 4 * world
 
 
@@ -135,7 +137,8 @@ def test_torch_loader_continues_on_another_world_size(demo_shards):
     3 ranks x 4 from that state, yield exactly the global batches of 1 rank x 12."""
     def loaders(world, batch):
         opts = PretrainOptions(img_size=32, batch_size=batch, num_threads=1, device="cpu")
-        return [build_pretrain_loader(demo_shards, opts, r, world, kind="torch", return_keys=True) for r in range(world)]
+        return [build_pretrain_loader(demo_shards, opts, r, world, kind="torch", return_keys=True)
+                for r in range(world)]
 
     def steps(lds, n=None):
         its = [iter(ld) for ld in lds]
@@ -155,7 +158,7 @@ def test_torch_loader_continues_on_another_world_size(demo_shards):
     for ld in three:
         ld.load_state_dict(state)
     rest = steps(three)
-    assert len(ref) == 6 and len(first) + len(rest) == 6
+    assert len(ref) >= 3 and len(first) + len(rest) == len(ref)
     for (k, x), (rk, rx) in zip(first + rest, ref):
         assert k == rk and torch.equal(x, rx)
 
@@ -177,4 +180,4 @@ def test_dali_state_on_another_world_size_keeps_the_epoch_position(demo_shards, 
     with caplog.at_level("WARNING"):
         one.load_state_dict(state)
     assert "reseeded" in caplog.text
-    assert sum(1 for _ in one) == len(one) - 3 and one.epoch == 1  # 24 of 80 samples were consumed
+    assert sum(1 for _ in one) == len(one) - 3 and one.epoch == 1  # 3 x 8 samples of the epoch were consumed

@@ -107,8 +107,8 @@ class CheckpointManager:
         from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                                     UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
-        client_state = {**client_state,  # ds_to_universal refuses a checkpoint without this key
-                        UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+        uc_info = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+        client_state = {**client_state, UNIVERSAL_CHECKPOINT_INFO: uc_info}  # ds_to_universal needs the key
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
         tag_dir.mkdir(parents=True, exist_ok=True)  # a node that did not write DeepSpeed files yet
         _write_json(tag_dir / f"loader_rank{rank}.json", client_state["loader_state"])
