@@ -427,22 +427,27 @@ _BUSY = "while True: pass"
 def _demo_pretrain_rate(shards: Path, out: Path, steps: int, busy: bool) -> float:
     """Median images/s that trainer/pretrain.py logs on the demo settings (launch/demo.env),
     start-up excluded; ``busy``: one process spinning on a core beside it the whole time."""
+    import socket
     import statistics
     import subprocess
 
     from benchmarks.proof_curve import demo_env
 
-    env = demo_env()
+    demo = demo_env()
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "trainer" / "pretrain.py"), "--deepspeed_config", str(root / "launch" / "ds.json"),
-           "--data", str(shards), "--output-dir", str(out), "--model", env.get("MODEL", "mae_vit_demo_patch8"),
-           "--img-size", env.get("IMG_SIZE", "64"), "--batch-size", env.get("BATCH", "16"), "--blr", env.get("BLR", "8e-3"),
+           "--data", str(shards), "--output-dir", str(out), "--model", demo.get("MODEL", "mae_vit_demo_patch8"),
+           "--img-size", demo.get("IMG_SIZE", "64"), "--batch-size", demo.get("BATCH", "16"), "--blr", demo.get("BLR", "8e-3"),
            "--warmup-steps", "10", "--max-steps", str(steps), "--log-every", str(max(1, steps // 8)),
            "--no-tensorboard", "--no-recon-every-epoch"]
+    # a process group of its own: not this process's (setup_env's port is bound by the train steps)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        env.update(PYTHONUNBUFFERED="1", MASTER_PORT=str(sk.getsockname()[1]))
     hog = subprocess.Popen([sys.executable, "-c", _BUSY]) if busy else None
     try:
-        p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800, env=env)
     finally:
         if hog is not None:
             hog.kill()
