@@ -93,6 +93,12 @@ def contact_sheet(tiles, out: Path, tile_w: int = 320) -> None:
                                                    cv2.normalize(px, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8),
                                                    cv2.COLOR_GRAY2RGB)
         img = np.ascontiguousarray(img[..., ::-1])  # BGR for OpenCV drawing/writing
+        # this sheet is committed: everything outside the label and crop boxes (the burned-in
+        # patient banners of the deid-data files among it) is blacked out before drawing
+        keep = np.zeros(img.shape[:2], bool)
+        for y0, x0, y1, x1 in [*labels, *crops]:
+            keep[y0:y1, x0:x1] = True
+        img[~keep] = 0
         for y0, x0, y1, x1 in labels:
             cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 3)
         for y0, x0, y1, x1 in crops:

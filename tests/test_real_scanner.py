@@ -196,8 +196,10 @@ def test_dual_view_writes_one_sample_per_region_and_verifies(real_dir: Path, tmp
     one = tmp_path / "src"
     one.mkdir()
     shutil.copy(real_dir / "pyd_aloka.dcm", one / "a.dcm")
+    # text gate off: this test is about regions (the ALOKA view has typed text inside its images,
+    # which the default policy, reject, drops; the gate is tested above)
     cfg = BuildConfig(datasets=[DatasetSpec(name="us", root=str(one))], val_fraction=0.0,
-                      dedup_near=False)
+                      dedup_near=False, text_policy="off")
     m = build(cfg, tmp_path / "out", workers=1, progress=False)
     metas = [json.loads(mem["json"]) for sh in Manifest.load(tmp_path / "out").shards()
              for _, mem in iter_shard(sh)]
