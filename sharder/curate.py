@@ -31,8 +31,6 @@ CROP_MODES = ("auto", "none")
 COLOUR_POLICIES = ("luma", "suppress_doppler", "reject_colour")
 
 # --- to_uint8 -------------------------------------------------------------------------------
-WINDOW_PERCENTILES = (0.5, 99.5)  # robust window: a few hot pixels / burned-in max-value text
-_PERCENTILE_SAMPLES = 1_000_000  # percentiles on a regular subsample: same window, bounded cost
 
 # --- scan region ----------------------------------------------------------------------------
 _BG_PERCENTILE = 1.0  # the background (black margins, or the darkest tissue when there are none)
