@@ -4,7 +4,7 @@ scratch, ViT-B/16 from scratch), one comparison table.
     python benchmarks/finetune_suite.py --init runs/export --output-dir runs/suite \\
         --busbra ~/data/BUSBRA --mmotu2d ~/data/MMOTU --gist514 ~/data/GIST514-DB [--cv] [--quick]
 
-Each (task, model) runs :func:`trainer.finetune.run_finetune` into
+Each (task, model) runs :func:`finetune.runner.run_finetune` into
 ``OUTPUT_DIR/<task>/<model>/`` (results.json, results.md, plots); the suite writes
 ``OUTPUT_DIR/comparison.md`` and ``comparison.json``. A task without a data root, or the encoder
 without ``--init``, is reported as *skipped*; a run that raises is reported as *failed* with its
@@ -12,7 +12,7 @@ error, the others still run, and the exit status is 1. The USF-MAE paper's figur
 ours for every task.
 
 Under ``torchrun --nproc_per_node N benchmarks/finetune_suite.py ...`` every run uses the N ranks
-(``trainer.finetune``: DDP, ``--batch-size`` per rank) and rank 0 writes the tables. Precision
+(``finetune.runner``: DDP, ``--batch-size`` per rank) and rank 0 writes the tables. Precision
 follows the runner's rule (``--precision auto``: bf16 where the hardware runs it natively, else
 fp32); the choice and its reason are in each ``results.json`` (``compute_precision``) and in
 ``comparison.json``. ``--resume`` checkpoints every epoch and continues every run from its last
@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from trainer.downstream import PAPER_RESULTS, TASKS
-from trainer.finetune import ENCODER, FinetuneConfig, run_finetune
-from trainer.finetune_dist import is_main_process, shutdown
-from trainer.metrics import HEADLINE, pct
+from finetune.tasks import PAPER_RESULTS, TASKS
+from finetune.runner import ENCODER, FinetuneConfig, run_finetune
+from finetune.dist import is_main_process, shutdown
+from finetune.metrics import HEADLINE, pct
 
 SUITE_TASKS = ("busbra", "mmotu2d", "gist514")
 DEFAULT_MODELS = (ENCODER, "resnet50", "vit_base_patch16_224")

@@ -7,7 +7,7 @@ lesion task against MAE pretraining steps (the `make demo` proof with a larger b
 One pretraining run of the demo model on the phantom corpus (the task's folder built with
 ``usf-shard build --holdout`` so it stays out of pretraining) saves a checkpoint at every point;
 each checkpoint is exported and linear-probed with the same runner, split and schedule as
-``trainer.proof``; step 0 is the same architecture at random init. Several patient splits
+``finetune.proof``; step 0 is the same architecture at random init. Several patient splits
 (``--split-seeds``) give the spread. ``--finetune`` adds fine-tuning of the last checkpoint and
 of random init. Defaults (model, image size, lr, corpus scale, task) come from launch/demo.env.
 
@@ -56,7 +56,7 @@ def _run(args: list[str], log: Path) -> None:
 
 def make_data(work: Path, a) -> tuple[Path, Path]:
     """Phantom corpus + held-out lesion task -> shards. Returns (shards dir, labels.csv)."""
-    from sharder.phantom import write_demo_corpus, write_downstream_task
+    from phantom import write_demo_corpus, write_downstream_task
 
     raw = work / "raw"
     if raw.exists():
@@ -98,8 +98,8 @@ def _std(xs):
 
 def probe_point(task, export: Path, a, init: str, method: str = "linear_probe") -> dict:
     """Mean/std over patient splits of one encoder's linear probe (or fine-tune) on the task,
-    with trainer.proof's settings. ``task`` = (records, class names) from trainer.proof.load_task."""
-    from trainer.proof import ProofConfig, run_cell, split_task
+    with finetune.proof's settings. ``task`` = (records, class names) from finetune.proof.load_task."""
+    from finetune.proof import ProofConfig, run_cell, split_task
 
     recs, names = task
     per = []
@@ -150,7 +150,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from trainer.proof import ProofConfig
+    from finetune.proof import ProofConfig
 
     env = demo_env()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -201,9 +201,9 @@ def main(argv=None) -> int:
         run = pretrain(work, shards, a, save_every)
         pre_s = time.time() - t
         losses = {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
-        from trainer.proof import load_task
+        from finetune.proof import load_task
 
-        task = load_task(labels)  # curated once, as trainer.proof does
+        task = load_task(labels)  # curated once, as finetune.proof does
         last = export_from_checkpoint(run / "checkpoints" / f"step{points[-1]:08d}", work / "export_last")
         rnd = probe_point(task, last, a, "random")  # the export gives the architecture only
         pts = [{"step": 0, "loss": None, **rnd}]

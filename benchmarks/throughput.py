@@ -173,7 +173,7 @@ def _build_in_child(raw: Path, out: Path, workers: int) -> tuple[dict, float, fl
 
 
 def bench_shard(tmp: Path, quick: bool) -> list[dict]:
-    from sharder.phantom import write_demo_corpus
+    from phantom import write_demo_corpus
 
     res = []
     scales = (0.5,) if quick else (0.5, 4.0)  # RSS must stay flat over 8x the frames
@@ -501,7 +501,7 @@ def _phantom_shards(tmp: Path) -> Path:
     """A small phantom corpus built into shards (64 samples each) for the loader and train sections."""
     from sharder.build import build
     from sharder.config import BuildConfig, quick_datasets
-    from sharder.phantom import write_demo_corpus
+    from phantom import write_demo_corpus
 
     raw = tmp / "loader_raw"
     write_demo_corpus(raw, seed=1, scale=0.5)

@@ -14,7 +14,7 @@ With ``aug="timm"`` (the MAE recipe, ``trainer.recipes``) the resizes are cubic,
 timm string's closest DALI form and random erasing fills with per-pixel noise
 (``dali_pipes.randaug``, whose table lists what differs from timm).
 
-It is the DALI twin of ``trainer.finetune_data`` (same :class:`TransformConfig`, same
+It is the DALI twin of ``dali_pipes.finetune_torch`` (same :class:`TransformConfig`, same
 ``build_finetune_loader`` keywords, same epoch semantics):
 
 * **Epochs are explicit file orders.** Each epoch's order is drawn in Python from
@@ -133,7 +133,7 @@ class FinetuneOptions:
 
 
 # ---------------------------------------------------------------------------- sample plan (both loaders)
-# The torch loader (trainer.finetune_data) uses these too, so the two loaders read the same
+# The torch loader (dali_pipes.finetune_torch) uses these too, so the two loaders read the same
 # records in the same order on every rank.
 
 def global_order(n: int, *, seed: int, epoch: int, shuffle: bool, weights: np.ndarray | None = None) -> np.ndarray:
@@ -320,7 +320,7 @@ class DaliFinetuneLoader:
     """Loader contract (design §2): ``__iter__`` (the rest of the current epoch), ``__len__``,
     ``state_dict``, ``load_state_dict``, plus ``set_epoch`` like the torch loader.
 
-    records: objects with ``path`` and ``label`` (``trainer.downstream.Record``), all ranks' records.
+    records: objects with ``path`` and ``label`` (``finetune.tasks.Record``), all ranks' records.
     sample_weights: per-record weights; each epoch then draws ``len(records)`` records with
     replacement (class-balanced sampling). Only with ``opts.shuffle`` (train).
 
@@ -476,11 +476,11 @@ def build_finetune_loader(records: Sequence, *, train: bool, batch_size: int, tc
                           drop_last: bool = False, device: str = "auto", device_id: int | None = None,
                           prefetch: int = 2, gpu_dtype: torch.dtype = torch.bfloat16, rank: int = 0,
                           world_size: int = 1) -> DaliFinetuneLoader:
-    """The DALI loader for ``trainer.finetune_data.build_finetune_loader(..., loader="dali")``: the
+    """The DALI loader for ``dali_pipes.finetune_torch.build_finetune_loader(..., loader="dali")``: the
     same keywords, plus the DALI-only ``device`` ("auto" | "cpu" | "gpu"), ``device_id``,
     ``prefetch`` and ``gpu_dtype`` (image dtype of GPU batches; CPU batches are float32).
 
-    tcfg: ``trainer.finetune_data.TransformConfig`` (img_size, in_chans, mean/std, crop_min,
+    tcfg: ``dali_pipes.finetune_torch.TransformConfig`` (img_size, in_chans, mean/std, crop_min,
     rotate_deg, randaug_ops/magnitude, reprob, crop_pct). mode: train | probe | eval (default by
     ``train``). workers: DALI CPU threads (at least 1). sample_weights: train only (ignored for
     eval, like the torch loader). rank, world_size: this process's share (see the loader)."""

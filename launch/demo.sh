@@ -49,7 +49,7 @@ stage "6/6 proof: does pretraining help on the held-out lesion task?"
 if [ -f launch/demo_proof.sh ]; then
   OUT="$OUT" bash launch/demo_proof.sh
 else
-  $PY -m trainer.proof --labels "$OUT/raw/lesions_holdout/labels.csv" --export "$OUT/export" --output-dir "$OUT"
+  $PY -m finetune.proof --labels "$OUT/raw/lesions_holdout/labels.csv" --export "$OUT/export" --output-dir "$OUT"
 fi
 echo
 echo "reconstruction grids: $(ls "$OUT"/pretrain/recon_epoch*.png | tail -1)"

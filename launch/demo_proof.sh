@@ -11,6 +11,6 @@ PY=${PY:-.venv/bin/python}
 [ -f launch/demo.env ] && source launch/demo.env
 RECON=$(ls "$OUT"/pretrain/recon_epoch*.png 2>/dev/null | tail -1 || true)
 # shellcheck disable=SC2086  # PROOF_ARGS is a list of flags
-$PY -m trainer.proof --labels "$OUT/raw/lesions_holdout/labels.csv" --export "$OUT/export" \
+$PY -m finetune.proof --labels "$OUT/raw/lesions_holdout/labels.csv" --export "$OUT/export" \
   --output-dir "$OUT" --shards "$OUT/shards" --holdout-name lesions_holdout \
   ${RECON:+--recon "$RECON"} ${PROOF_ARGS:-}

@@ -80,13 +80,13 @@ def _index(a) -> int:
 
 
 def _demo(a) -> int:
-    from .phantom import write_demo_corpus
+    from phantom import write_demo_corpus
 
     summary = write_demo_corpus(Path(a.dir), seed=a.seed, scale=a.scale)
     for name, s in summary.items():
         print(f"{name}: {s['files']} files, {s['frames']} frames, anatomy {s.get('anatomy')}")
     if a.downstream:
-        from .phantom import write_downstream_task
+        from phantom import write_downstream_task
 
         csv = write_downstream_task(Path(a.dir) / a.downstream, seed=a.seed + 1, n_patients=a.patients,
                                     per_patient=a.per_patient, small_p=a.task_small_p,

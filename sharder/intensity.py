@@ -1,6 +1,6 @@
 """The one conversion of decoded pixels to 8-bit gray, shared by every path an image takes.
 
-Pretraining shards (``sharder.curate``), the torch fine-tune loader (``trainer.finetune_data``)
+Pretraining shards (``sharder.curate``), the torch fine-tune loader (``dali_pipes.finetune_torch``)
 and the DALI fine-tune loader (``dali_pipes.finetune``, which hands 16-bit files to this module
 before its decoder sees them) all call :func:`to_uint8` / :func:`gray_u8`, so a 16-bit frame
 becomes the same 8-bit image whether it was pretrained on or fine-tuned on. Before, the sharder

@@ -14,7 +14,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_exte
 
 @pytest.fixture(scope="session")
 def demo_raw(tmp_path_factory) -> Path:
-    from sharder.phantom import write_demo_corpus
+    from phantom import write_demo_corpus
 
     out = tmp_path_factory.mktemp("raw") / "corpus"
     write_demo_corpus(out, seed=0, scale=1.0)

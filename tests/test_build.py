@@ -84,7 +84,7 @@ def test_samples_follow_the_contract(demo_shards):
 
 def test_pixels_round_trip_losslessly(tmp_path):
     """png codec: every sample decodes to exactly what curation made of its source."""
-    from sharder.phantom import render_frame
+    from phantom import render_frame
 
     raw = tmp_path / "raw" / "liver_set"
     raw.mkdir(parents=True)
@@ -152,7 +152,7 @@ def test_interrupted_build_resumes_byte_identical(demo_raw, tmp_path, monkeypatc
 def test_privacy_nothing_identifying_leaks(tmp_path, caplog):
     """A distinctive patient name planted in DICOM tags, directory names and burned-in banners
     appears in no byte of the shareable outputs or the log, and banner rows are cropped."""
-    from sharder.phantom import write_demo_corpus
+    from phantom import write_demo_corpus
 
     name = "ZYXWVUT^QUENTIN"
     raw = tmp_path / "raw"
@@ -169,7 +169,7 @@ def test_privacy_nothing_identifying_leaks(tmp_path, caplog):
             assert not any(n in data for n in needles), f.name
     assert not any(n.decode() in caplog.text + p.stdout + p.stderr for n in needles)
     # banner rows: every still from the PNG set was cropped below its banner (the top rows)
-    from sharder.phantom import probe_geometry
+    from phantom import probe_geometry
 
     for _, _, mem, meta in _samples(out, None):
         if meta["dataset"] == "breast_png":
@@ -178,7 +178,7 @@ def test_privacy_nothing_identifying_leaks(tmp_path, caplog):
 
 
 def test_holdout_sets_stay_out_and_leaks_are_dropped(tmp_path):
-    from sharder.phantom import render_frame
+    from phantom import render_frame
 
     root = tmp_path / "raw"
     (root / "pretrain_breast").mkdir(parents=True)

@@ -16,8 +16,8 @@ import torch
 pytest.importorskip("nvidia.dali")
 
 from dali_pipes.finetune import DaliFinetuneLoader, FinetuneOptions, build_finetune_loader, image_format  # noqa: E402
-from trainer.downstream import Record  # noqa: E402
-from trainer.finetune_data import TransformConfig, build_transform, class_balanced_weights  # noqa: E402
+from finetune.tasks import Record  # noqa: E402
+from dali_pipes.finetune_torch import TransformConfig, build_transform, class_balanced_weights  # noqa: E402
 
 try:
     from finetune_fixtures import lesion_image, make_export
@@ -290,9 +290,9 @@ def test_unreadable_files_are_named(tree, tmp_path):
 # ---------------------------------------------------------------------------- the runner
 
 def test_runner_with_dali_loader(tmp_path):
-    """trainer.finetune with loader="dali": a tiny ViT, one epoch, class-balanced sampling; every
+    """finetune.runner with loader="dali": a tiny ViT, one epoch, class-balanced sampling; every
     test image is scored exactly once."""
-    from trainer import finetune as FT
+    from finetune import runner as FT
 
     export = make_export(tmp_path / "export", img_size=32, patch_size=8, in_chans=1, depth=1)
     rng = np.random.default_rng(1)

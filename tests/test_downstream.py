@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.downstream import (
+from finetune.tasks import (
     MMOTU_CLASSES,
     DatasetFormatError,
     Record,

@@ -14,10 +14,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from trainer import finetune as FT
-from trainer.downstream import Record
-from trainer.finetune_data import TransformConfig, build_finetune_loader, class_balanced_weights
-from trainer.lr_decay import param_groups_lrd, param_groups_weight_decay
+from finetune import runner as FT
+from finetune.tasks import Record
+from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader, class_balanced_weights
+from finetune.lr_decay import param_groups_lrd, param_groups_weight_decay
 
 try:
     from finetune_fixtures import lesion_image, make_busbra, make_export, make_gist, make_mmotu

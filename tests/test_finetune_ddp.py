@@ -7,7 +7,7 @@
 - two ranks under torchrun (gloo): each test record predicted exactly once (ids checked),
   metrics equal to a one-rank run with the same global batch, and a 2-rank run killed mid-epoch
   (both ranks exit right after a checkpoint, like a preempted job) and resumed with
-  ``torchrun ... -m trainer.finetune --resume`` ends with the uninterrupted 2-rank run's metrics,
+  ``torchrun ... -m finetune --resume`` ends with the uninterrupted 2-rank run's metrics,
   predictions and log; a 2-rank linear probe (BatchNorm over the global batch) equals one rank.
 
 Run as a script under torchrun (``tests/test_finetune_ddp.py FULL_DIR KILLED_DIR E S -- ARGS``)
@@ -28,9 +28,9 @@ import pytest
 import torch
 
 from dali_pipes.finetune import eval_plan, global_order, train_plan, train_steps
-from trainer import finetune as FT
-from trainer.downstream import Record
-from trainer.finetune_data import TransformConfig, build_finetune_loader, class_balanced_weights
+from finetune import runner as FT
+from finetune.tasks import Record
+from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader, class_balanced_weights
 
 try:
     from finetune_fixtures import lesion_image, make_busbra, make_export
@@ -187,7 +187,7 @@ def busbra(tmp_path_factory):
 
 def _torchrun(args: list[str], nproc: int = 2, script: list[str] | None = None) -> None:
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    target = script or ["-m", "trainer.finetune"]
+    target = script or ["-m", "finetune.runner"]
     run_py(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *target, *args],
            env=env, timeout=300)
 

@@ -9,8 +9,8 @@ import pytest
 
 from sharder.curate import to_uint8 as curate_to_uint8
 from sharder.intensity import eight_bit_files, gray_u8, needs_conversion, to_uint8
-from trainer.downstream import Record
-from trainer.finetune_data import TransformConfig, build_finetune_loader, read_gray, to_gray_u8
+from finetune.tasks import Record
+from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader, read_gray, to_gray_u8
 
 SIZE = 64
 

@@ -1,4 +1,4 @@
-"""trainer.metrics against scikit-learn on fixed predictions, including absent classes."""
+"""finetune.metrics against scikit-learn on fixed predictions, including absent classes."""
 from __future__ import annotations
 
 import warnings
@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from trainer import metrics as M
+from finetune import metrics as M
 
 
 def _probs(rng: np.random.Generator, y: np.ndarray, k: int, signal: float = 1.5) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of the synthetic ultrasound generator (sharder/phantom.py)."""
+"""Tests of the synthetic ultrasound generator (phantom/)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sharder.phantom import (
+from phantom import (
     ANATOMIES,
     PROBES,
     US_MULTIFRAME_SOP,

@@ -3,7 +3,7 @@ MAE-pretrained encoder beats the same architecture at random init by a clear mar
 
 Small budget, fixed seeds, the real tools end to end: phantom corpus + lesion task ->
 ``usf-shard build --holdout`` -> ``trainer/pretrain.py`` (subprocess) -> ``trainer.export`` ->
-``trainer.proof`` (runner linear probes; patients split into train and test groups).
+``finetune.proof`` (runner linear probes; patients split into train and test groups).
 
 MARGIN comes from measured runs of exactly this configuration (benchmarks/results/
 proof_test_seeds.json: 5 corpus/pretraining seeds x 3 patient splits, with the attention kernel
@@ -44,7 +44,7 @@ MARGIN = 0.05
 
 def setup(work: Path, seed: int = SEED) -> dict:
     """Corpus + held-out task -> shards -> pretrain -> export. Returns the paths."""
-    from sharder.phantom import write_demo_corpus, write_downstream_task
+    from phantom import write_demo_corpus, write_downstream_task
 
     raw = work / "raw"
     write_demo_corpus(raw, seed=seed, scale=CORPUS_SCALE)
@@ -63,7 +63,7 @@ def setup(work: Path, seed: int = SEED) -> dict:
 
 def probe(paths: dict, out: Path, seed: int = SEED, splits: int = len(SPLITS), probe_epochs: int = 10) -> list[dict]:
     """Linear probes, random init and pretrained, on ``splits`` patient splits (seeds seed, seed+1, ...)."""
-    from trainer.proof import ProofConfig, run_proof
+    from finetune.proof import ProofConfig, run_proof
 
     cfg = ProofConfig(labels=str(paths["labels"]), export=str(paths["export"]), output_dir=str(out),
                       methods="linear_probe", seed=seed, splits=splits, shards=str(paths["shards"]),
@@ -79,7 +79,7 @@ def proof_run(tmp_path_factory):
 
 
 def test_pretrained_linear_probe_beats_random_init(proof_run):
-    from trainer.proof import gains, split_gains, table
+    from finetune.proof import gains, split_gains, table
 
     paths, rows, _ = proof_run
     msg = "\n" + table(rows)
@@ -94,7 +94,7 @@ def test_pretrained_linear_probe_beats_random_init(proof_run):
 
 
 def test_proof_json_and_held_out_split(proof_run):
-    from trainer.proof import check_held_out, load_task, split_task
+    from finetune.proof import check_held_out, load_task, split_task
 
     paths, _, out = proof_run
     recs = json.loads((out / "proof.json").read_text())

@@ -1,5 +1,5 @@
 """Fine-tune recipes (trainer.recipes) on the CLI, the MAE train/eval transforms through timm
-(trainer.timm_aug) and their DALI mapping (dali_pipes.randaug)."""
+(dali_pipes.timm_aug) and their DALI mapping (dali_pipes.randaug)."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -11,9 +11,9 @@ from PIL import Image
 from torchvision import transforms as T
 
 from dali_pipes.randaug import RandAugSpec, parse_timm_randaug
-from trainer.downstream import Record
-from trainer.finetune import FinetuneConfig, build_parser, config_from_args
-from trainer.finetune_data import FinetuneDataset, TransformConfig, build_finetune_loader, build_transform
+from finetune.tasks import Record
+from finetune.runner import FinetuneConfig, build_parser, config_from_args
+from dali_pipes.finetune_torch import FinetuneDataset, TransformConfig, build_finetune_loader, build_transform
 from trainer.recipes import KNOBS, RECIPES, apply_recipe, recipe_table_markdown
 
 BASE = ["--task", "folder", "--data-root", "d", "--output-dir", "o"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sharder.phantom import render_frame
+from phantom import render_frame
 from trainer.model import MaskedAutoencoderViT, config_for
 from trainer.visualize import main, read_image
 

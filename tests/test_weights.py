@@ -204,7 +204,7 @@ def test_build_mae_from_a_release_file(files):
 @pytest.mark.parametrize("name", ["usf_mae.pt", "mae_pretrain_vit.pth"])
 def test_finetune_runs_from_release_files(files, name):
     """The two files a new user starts from: the USF-MAE release and ImageNet MAE."""
-    from trainer import finetune as FT
+    from finetune import runner as FT
 
     rng = np.random.default_rng(0)
     data = [(lesion_image(rng, i % 2, IMG, IMG), i % 2, f"p{i}") for i in range(12)]
@@ -217,7 +217,7 @@ def test_finetune_runs_from_release_files(files, name):
 
 def test_baseline_ckpt_takes_a_release_file(tmp_path):
     """--baseline-ckpt with a timm ViT baseline: the MAE decoder and mask token are left out."""
-    from trainer import finetune as FT
+    from finetune import runner as FT
 
     torch.manual_seed(2)
     mae = MaskedAutoencoderViT(config_for("mae_vit_tiny_patch16", img_size=32, in_chans=3, decoder_depth=1,

@@ -1,8 +1,8 @@
-"""Named fine-tune recipes: presets that fill a :class:`trainer.finetune.FinetuneConfig`, each
+"""Named fine-tune recipes: presets that fill a :class:`finetune.runner.FinetuneConfig`, each
 value with its source, every value still overridable on the command line.
 
-    python -m trainer.finetune --recipe mae_vit_b ...            # MAE's ViT-B fine-tune recipe
-    python -m trainer.finetune --recipe mae_vit_b --mixup 0 ...  # ... with one knob changed
+    python -m finetune --recipe mae_vit_b ...            # MAE's ViT-B fine-tune recipe
+    python -m finetune --recipe mae_vit_b --mixup 0 ...  # ... with one knob changed
     cfg = apply_recipe(FinetuneConfig(task="busbra", ...), "mae_vit_b")   # Python
 
 Recipes: ``project`` (this repository's default, unchanged), ``mae_vit_b`` / ``mae_vit_l`` /
@@ -61,7 +61,7 @@ class Recipe:
     mixup_switch_prob: float | None = None
     mixup_mode: str | None = None
     # augmentation
-    aug: str | None = None  # torchvision | timm (trainer.timm_aug)
+    aug: str | None = None  # torchvision | timm (dali_pipes.timm_aug)
     auto_augment: str | None = None  # timm RandAugment string (aug="timm")
     randaug_ops: int | None = None  # aug="torchvision": RandAugment num_ops (0: off)
     randaug_magnitude: int | None = None  # aug="torchvision": magnitude of 31 bins
@@ -132,7 +132,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         mixup_mode="batch",
         aug="torchvision", randaug_ops=2, randaug_magnitude=9, crop_min=0.2, hflip=0.5, rotate_deg=10.0,
         reprob=0.25, crop_pct=0.875,
-        sources={"*": "trainer/finetune.py FinetuneConfig defaults; blr / weight_decay / label_smoothing None: "
+        sources={"*": "finetune/runner.py FinetuneConfig defaults; blr / weight_decay / label_smoothing None: "
                       "5e-4 / 0.05 / 0.1 fine-tuning, 0.05 / 0 / 0 linear probe (resolve_config)"}),
     _mae("mae_vit_b", "MAE ViT-B/16 fine-tune (ImageNet 83.6)", epochs=100, blr=5e-4, layer_decay=0.65,
          drop_path=0.1, batch=1024),
@@ -184,7 +184,7 @@ def apply_recipe(cfg, name: str, explicit: Sequence[str] = ()):
 def add_cli_args(parser: argparse.ArgumentParser, defaults) -> None:
     """``--recipe`` and the augmentation knobs the fine-tune CLI lacked (``defaults``: a
     FinetuneConfig, for the help text)."""
-    from trainer.timm_aug import INTERPOLATIONS, RE_MODES
+    from dali_pipes.timm_aug import INTERPOLATIONS, RE_MODES
 
     d = defaults
     a = parser.add_argument

@@ -1,6 +1,6 @@
 """The MAE fine-tune transforms, exactly: timm ``create_transform`` for training and MAE's own
 eval / linear-probe transforms (facebookresearch/mae ``util/datasets.py`` ``build_transform``,
-``main_linprobe.py``), applied to the gray uint8 images of ``trainer.finetune_data``.
+``main_linprobe.py``), applied to the gray uint8 images of ``dali_pipes.finetune_torch``.
 
     train  timm.data.create_transform(img_size, is_training=True, scale=(crop_min, 1), hflip,
            color_jitter=None, auto_augment=<timm string, e.g. rand-m9-mstd0.5-inc1>,
@@ -18,7 +18,7 @@ per-pixel N(0, 1) noise — channel 0 of 3-channel noise has exactly the 1-chann
 The cost is 3x the PIL work of a gray image on the train path (eval and probe stay gray).
 
 **Determinism.** timm draws from Python's ``random`` (crop, op magnitudes, erasing boxes),
-NumPy's global RNG (RandAugment's op choice) and torch (erasing noise); ``trainer.finetune_data``
+NumPy's global RNG (RandAugment's op choice) and torch (erasing noise); ``dali_pipes.finetune_torch``
 seeds only torch per sample. :class:`TimmTransform` therefore seeds ``random`` and ``np.random``
 from the (seeded) torch generator for each call and restores both afterwards, so a sample's
 augmentation stays a function of its sample seed.

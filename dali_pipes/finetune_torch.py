@@ -7,7 +7,7 @@ through the sharder's percentile window), transformed as uint8 (H, W) tensors, s
 expanded to C = 1 or 3 channels and normalised with the encoder's pixel statistics.
 
 ``TransformConfig.aug = "timm"`` replaces the transforms below by the MAE recipe exactly
-(``trainer.timm_aug``: timm ``create_transform`` with a timm RandAugment string, bicubic, pixel-noise
+(``dali_pipes.timm_aug``: timm ``create_transform`` with a timm RandAugment string, bicubic, pixel-noise
 erasing; MAE's bicubic eval). The default ``"torchvision"`` is the pipeline described next.
 
 Train transform (MAE/BEiT fine-tune style, via torchvision v2): RandomResizedCrop(img_size,
@@ -36,7 +36,7 @@ from torchvision.transforms import v2
 
 from dali_pipes.finetune import check_rank, eval_plan, global_order, train_plan, train_steps
 from sharder.intensity import gray_u8, read_gray_u8
-from trainer.downstream import Record
+from dali_pipes.records import Record
 
 # Defaults when neither an encoder config nor the user gives pixel statistics: ImageNet's for
 # RGB (what timm checkpoints expect), their channel average for a single gray channel.
@@ -58,7 +58,7 @@ class TransformConfig:
     randaug_magnitude: int = 9
     reprob: float = 0.25  # random erasing probability (MAE fine-tune default)
     crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, centre-crop img_size
-    # "torchvision": the pipeline below; "timm": the MAE recipe exactly (trainer.timm_aug: timm
+    # "torchvision": the pipeline below; "timm": the MAE recipe exactly (dali_pipes.timm_aug: timm
     # create_transform + MAE's bicubic eval/probe transforms), which the next fields configure
     aug: str = "torchvision"
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment string (aug="timm")
@@ -104,7 +104,7 @@ def build_transform(cfg: TransformConfig, mode: str) -> v2.Compose:
 
     mode: ``"train"`` (full augmentation), ``"probe"`` (crop + flip only) or ``"eval"``."""
     if cfg.aug == "timm":
-        from trainer.timm_aug import TimmTransform
+        from dali_pipes.timm_aug import TimmTransform
 
         return TimmTransform(mode=mode, img_size=cfg.img_size, in_chans=cfg.in_chans, mean=cfg.mean, std=cfg.std,
                              crop_min=cfg.crop_min, hflip=cfg.hflip, auto_augment=cfg.auto_augment,

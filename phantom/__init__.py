@@ -1663,7 +1663,7 @@ def write_downstream_task(
     return csv_path
 
 
-if __name__ == "__main__":  # python -m sharder.phantom OUT_DIR [SEED]
+if __name__ == "__main__":  # python -m phantom OUT_DIR [SEED]
     import json
     import sys
     import time

@@ -2,7 +2,7 @@
 pretraining, each linear-probed (frozen) and fine-tuned on a labelled downstream task whose
 patients are split into train and test groups.
 
-    python -m trainer.proof --labels DIR/labels.csv --export EXPORT_DIR --output-dir OUT \\
+    python -m finetune.proof --labels DIR/labels.csv --export EXPORT_DIR --output-dir OUT \\
         [--methods linear_probe,finetune] [--recon GRID.png]
 
 Writes ``OUT/proof.json`` (a list of {method, init, accuracy, f1, auc, ...}) and prints the table.
@@ -11,10 +11,10 @@ The downstream set must be held out of pretraining (``usf-shard build --holdout 
 Images are curated with the sharder's own :func:`sharder.curate.curate` first (crop to the scan
 region, short side 256), so the downstream frames look like the pretraining frames (no banners,
 side bars or black margins); ``--no-curate`` feeds the files as they are. Both inits go through
-exactly the same runner (:func:`trainer.finetune.finetune`), data, split, seed and schedule; only
+exactly the same runner (:func:`finetune.runner.finetune`), data, split, seed and schedule; only
 the encoder weights differ. ``--shards`` checks that the task never reached pretraining.
 
-Settings, measured on the phantom lesion task on 2 CPU cores (trainer.proof defaults):
+Settings, measured on the phantom lesion task on 2 CPU cores (finetune.proof defaults):
 - linear probe: frozen encoder, mean of the patch tokens -> BatchNorm -> linear head (MAE's
   linprobe) trained on the eval view (``probe_augment`` False): with the runner's crop + flip the
   head fits jittered views of frozen features it is never tested on, and the pretrained probe fell
@@ -70,7 +70,7 @@ def load_task(csv_path: str | Path, curate: bool = True):
 
     With ``curate`` every image is read and curated (scan-region crop, short side 256) and the
     record carries the pixels in memory (its path stays for reference)."""
-    from trainer.downstream import Record
+    from finetune.tasks import Record
 
     csv_path = Path(csv_path)
     rows = list(csv.DictReader(csv_path.open(newline="")))
@@ -83,7 +83,7 @@ def load_task(csv_path: str | Path, curate: bool = True):
         image = None
         if curate:
             from sharder.curate import curate as curate_frame
-            from trainer.finetune_data import read_gray
+            from dali_pipes.finetune_torch import read_gray
 
             image = curate_frame(read_gray(path)).image
         recs.append(Record(path=path, label=names.index(r["label"]), group=r["patient"], image=image))
@@ -110,7 +110,7 @@ def check_held_out(shards: str | Path, dataset: str) -> dict:
 
 def split_task(recs, test_fraction: float, seed: int):
     """Patients (groups) split into train and test; no patient straddles the two."""
-    from trainer.downstream import group_split
+    from finetune.tasks import group_split
 
     train, test = group_split(recs, test_fraction, seed)
     if {r.group for r in train} & {r.group for r in test}:
@@ -121,7 +121,7 @@ def split_task(recs, test_fraction: float, seed: int):
 def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | None = None,
                     seed: int | None = None):
     """The runner config of one cell: only ``init`` differs between random and pretrained."""
-    from trainer.finetune import FinetuneConfig
+    from finetune.runner import FinetuneConfig
 
     probe = method == "linear_probe"
     return FinetuneConfig(
@@ -137,7 +137,7 @@ def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | 
 def run_cell(train, test, names, cfg: ProofConfig, method: str, init: str, output_dir: str | None = None,
              seed: int | None = None) -> dict:
     """One (method, init) run of the runner on one split -> {method, init, accuracy, f1, auc, ...}."""
-    from trainer.finetune import finetune
+    from finetune.runner import finetune
 
     t = time.time()
     r = finetune(train, test, finetune_config(cfg, method, init, output_dir, seed), class_names=names)

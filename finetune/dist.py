@@ -1,4 +1,4 @@
-"""Ranks for the fine-tune runner: ``torchrun --nproc_per_node N -m trainer.finetune ...``.
+"""Ranks for the fine-tune runner: ``torchrun --nproc_per_node N -m finetune ...``.
 
 Fine-tuning uses plain torch DDP (gloo on CPU, nccl on CUDA), not DeepSpeed: an 86M-parameter
 ViT-B and its AdamW state fit every GPU many times over, so ZeRO's sharding only adds
@@ -7,7 +7,7 @@ choice; it also runs unchanged on CPU (gloo) for the tests.
 
 :func:`dist_context` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``PORT``) and starts the process group once per process (or adopts one the
-caller started); a plain ``python -m trainer.finetune`` is world size 1 and never touches
+caller started); a plain ``python -m finetune`` is world size 1 and never touches
 ``torch.distributed``. The collectives the runner needs are methods of :class:`DistContext`,
 each a no-op at world size 1.
 """

@@ -48,10 +48,12 @@ import logging
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from dali_pipes.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +62,6 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 class DatasetFormatError(ValueError):
     """A downstream data set tree or label file does not look as distributed."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One labelled image.
-
-    path: image file, or None when ``image`` holds the pixels in memory.
-    label: class index.
-    group: patient / case id; records of one group never straddle train and test.
-    image: optional in-memory (H, W) or (H, W, 3) uint8 array (for callers without files).
-    """
-
-    path: Path | None
-    label: int
-    group: str
-    image: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.path.name if self.path is not None else f"<array:{self.group}>"
 
 
 @dataclass

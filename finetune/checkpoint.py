@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainer.finetune_dist import DistContext
+from finetune.dist import DistContext
 
 
 def rng_state() -> dict:
