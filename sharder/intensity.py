@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .readers.detect import HEAD_BYTES, image_format
+
 WINDOW_PERCENTILES = (0.5, 99.5)  # robust window: a few hot pixels / burned-in max-value text
 _PERCENTILE_SAMPLES = 1_000_000  # percentiles on a regular subsample: same window, bounded cost
 
@@ -95,10 +97,11 @@ def needs_conversion(path: str) -> bool:
     judged from its header (bit depth byte of IHDR); JPEG is 8-bit; anything else is decoded
     with OpenCV to look at its dtype."""
     with open(path, "rb") as fh:
-        head = fh.read(32)
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        head = fh.read(HEAD_BYTES)
+    fmt = image_format(head)
+    if fmt == "png" and head[12:16] == b"IHDR":
         return head[24] > 8  # bit depth 16 (1/2/4-bit palettes and gray decode to 8-bit)
-    if head.startswith(b"\xff\xd8\xff"):
+    if fmt == "jpeg":
         return False  # baseline/progressive JPEG is 8-bit; 12-bit JPEG is not read by DALI either
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     return img is not None and img.dtype != np.uint8

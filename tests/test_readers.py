@@ -31,7 +31,8 @@ from pydicom.uid import (
 )
 
 from sharder.frames import Frame, InputRejected, ReaderOptions
-from sharder.readers import detect_format, iter_frames, read_group_hint
+from sharder.readers import detect_format, image_format, iter_frames, read_group_hint
+from sharder.readers.detect import HEAD_BYTES
 
 RNG = np.random.default_rng(1234)
 H, W = 24, 32
@@ -253,6 +254,26 @@ def test_detect_by_content_ignores_extension(sample_files, kind, tmp_path):
         other = tmp_path / name
         shutil.copy(path, other)
         assert detect_format(other) == expected, name
+
+
+@pytest.mark.parametrize("kind,fmt", [("png", "png"), ("jpg", "jpeg"), ("bmp", "bmp"), ("tif", "tiff"),
+                                      ("gif", "gif"), ("webp", "webp")])
+def test_one_table_names_the_still_image_format(sample_files, kind, fmt):
+    """image_format (the table the DALI fine-tune loader and the PNG bit-depth check use) and
+    detect_format agree: what image_format names, the readers read as an image."""
+    path, _ = sample_files[kind]
+    assert image_format(path.read_bytes()[:HEAD_BYTES]) == fmt
+    assert image_format(b"\x00" * 64) is None and image_format(b"BM") is None  # "BM" alone is no BMP
+
+
+def test_pnm_is_detected_by_content(tmp_path):
+    img = gray8()
+    p = tmp_path / "scan"  # no extension
+    Image.fromarray(img).save(p, format="PPM")
+    assert image_format(p.read_bytes()[:HEAD_BYTES]) == "pnm"
+    assert detect_format(p) == "image"
+    (px,) = pixels_of(p)
+    np.testing.assert_array_equal(px, img)
 
 
 def test_detect_wrong_extension_is_read_by_content(tmp_path):
