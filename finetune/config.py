@@ -5,7 +5,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from trainer import recipes
+from finetune import recipes
 from trainer.precision import PRECISIONS
 
 __doc_cli__ = "Fine-tune (or linear-probe) an encoder on a downstream ultrasound task and score it the way the paper does."
@@ -64,7 +64,7 @@ class FinetuneConfig:
     reprob: float = 0.25
     randaug_ops: int = 2
     randaug_magnitude: int = 9
-    # the recipe (trainer.recipes) the CLI applied, and the augmentation knobs it fills:
+    # the recipe (finetune.recipes) the CLI applied, and the augmentation knobs it fills:
     # aug="timm" is MAE's timm create_transform (auto_augment, interpolation, re_mode, re_count, hflip)
     recipe: str = "project"
     aug: str = "torchvision"

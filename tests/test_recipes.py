@@ -1,4 +1,4 @@
-"""Fine-tune recipes (trainer.recipes) on the CLI, the MAE train/eval transforms through timm
+"""Fine-tune recipes (finetune.recipes) on the CLI, the MAE train/eval transforms through timm
 (dali_pipes.timm_aug) and their DALI mapping (dali_pipes.randaug)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dali_pipes.randaug import RandAugSpec, parse_timm_randaug
 from finetune.tasks import Record
 from finetune.runner import FinetuneConfig, build_parser, config_from_args
 from dali_pipes.finetune_torch import FinetuneDataset, TransformConfig, build_finetune_loader, build_transform
-from trainer.recipes import KNOBS, RECIPES, apply_recipe, recipe_table_markdown
+from finetune.recipes import KNOBS, RECIPES, apply_recipe, recipe_table_markdown
 
 BASE = ["--task", "folder", "--data-root", "d", "--output-dir", "o"]
 

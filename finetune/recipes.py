@@ -1,4 +1,4 @@
-"""Named fine-tune recipes: presets that fill a :class:`finetune.runner.FinetuneConfig`, each
+"""Named fine-tune recipes: presets that fill a :class:`finetune.config.FinetuneConfig`, each
 value with its source, every value still overridable on the command line.
 
     python -m finetune --recipe mae_vit_b ...            # MAE's ViT-B fine-tune recipe
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-log = logging.getLogger("trainer.recipes")
+log = logging.getLogger("finetune.recipes")
 
 MAE_RANDAUG = "rand-m9-mstd0.5-inc1"
 
@@ -132,7 +132,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         mixup_mode="batch",
         aug="torchvision", randaug_ops=2, randaug_magnitude=9, crop_min=0.2, hflip=0.5, rotate_deg=10.0,
         reprob=0.25, crop_pct=0.875,
-        sources={"*": "finetune/runner.py FinetuneConfig defaults; blr / weight_decay / label_smoothing None: "
+        sources={"*": "finetune/config.py FinetuneConfig defaults; blr / weight_decay / label_smoothing None: "
                       "5e-4 / 0.05 / 0.1 fine-tuning, 0.05 / 0 / 0 linear probe (resolve_config)"}),
     _mae("mae_vit_b", "MAE ViT-B/16 fine-tune (ImageNet 83.6)", epochs=100, blr=5e-4, layer_decay=0.65,
          drop_path=0.1, batch=1024),
