@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from trainer.kernels import param_groups  # noqa: E402
 from trainer.model import MaskedAutoencoderViT, config_for  # noqa: E402
+from trainer.param_groups import weight_decay_groups  # noqa: E402
 
 
 def make_adamw(groups: list[dict], lr: float) -> tuple[torch.optim.Optimizer, str]:
@@ -52,7 +52,7 @@ def reference_step(model_name: str, batch_size: int, device: torch.device, dtype
     cfg = config_for(model_name, img_size=img_size)
     model = MaskedAutoencoderViT(cfg).to(device)
     model.set_fused_attn(True)  # timm's default in models_mae.py's Block
-    opt, kernel = make_adamw(param_groups(model, 0.05), 1.5e-4 * batch_size / 256)
+    opt, kernel = make_adamw(weight_decay_groups(model, 0.05), 1.5e-4 * batch_size / 256)
     x = torch.randn(batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
     bf16 = dtype == torch.bfloat16
 

@@ -338,7 +338,8 @@ def _train_steps(kind: str, model_name: str, bs: int, device: torch.device, prec
                ``.item()`` every step.
     reference: facebookresearch/mae's plain loop (benchmarks/reference_mae.py)."""
     from trainer.config import TrainConfig
-    from trainer.kernels import attention_kernel, make_optimizer, param_groups, tune_ds_config_for_cpu, use_sdpa
+    from trainer.kernels import attention_kernel, make_optimizer, tune_ds_config_for_cpu, use_sdpa
+    from trainer.param_groups import weight_decay_groups
     from trainer.model import MaskedAutoencoderViT, config_for
     from trainer.precision import torch_dtype
 
@@ -363,7 +364,7 @@ def _train_steps(kind: str, model_name: str, bs: int, device: torch.device, prec
             tune_ds_config_for_cpu(ds)
         op = ds.pop("optimizer", {}).get("params", {})
         ds["steps_per_print"] = 10**9
-        opt, kernel = make_optimizer(param_groups(model, op.get("weight_decay", 0.05)), lr=lr,
+        opt, kernel = make_optimizer(weight_decay_groups(model, op.get("weight_decay", 0.05)), lr=lr,
                                      betas=tuple(op.get("betas", (0.9, 0.95))), eps=op.get("eps", 1e-8),
                                      weight_decay=op.get("weight_decay", 0.05), fused=True)
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
@@ -379,7 +380,7 @@ def _train_steps(kind: str, model_name: str, bs: int, device: torch.device, prec
             engine.was_step_applied()
             return loss
         return step, f"DeepSpeed ZeRO-{stage} + {kernel}, {attention_kernel(sdpa)}"
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), foreach=True)
+    opt = torch.optim.AdamW(weight_decay_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), foreach=True)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):

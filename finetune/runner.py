@@ -58,7 +58,7 @@ from dali_pipes.finetune_torch import (
     class_balanced_weights,
 )
 from finetune.dist import DistContext, dist_context, is_main_process, shutdown, sync_batchnorm
-from finetune.lr_decay import param_groups_lrd, param_groups_weight_decay
+from trainer.param_groups import layer_decay_groups, weight_decay_groups
 from trainer.precision import resolve_precision
 from trainer.weights import DECODER_PREFIXES, Norm, load_into_vit, read_state_dict, read_weights
 
@@ -301,9 +301,9 @@ def build_optimizer(bundle: ModelBundle, cfg: FinetuneConfig, device: torch.devi
     The fused kernel on GPU, the multi-tensor one on CPU (torch's CPU default is per tensor)."""
     model = bundle.model
     if bundle.is_vit and bundle.pretrained and not cfg.linear_probe and cfg.layer_decay < 1.0:
-        groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)
+        groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay)
     else:
-        groups = param_groups_weight_decay(model, cfg.weight_decay)
+        groups = weight_decay_groups(model, cfg.weight_decay)
     impl = {"fused": True} if device is not None and device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), **impl)
 

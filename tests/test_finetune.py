@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from finetune import runner as FT
 from finetune.tasks import Record
 from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader, class_balanced_weights
-from finetune.lr_decay import param_groups_lrd, param_groups_weight_decay
+from trainer.param_groups import layer_decay_groups, weight_decay_groups
 
 try:
     from finetune_fixtures import lesion_image, make_busbra, make_export, make_gist, make_mmotu
@@ -52,7 +52,7 @@ def _tiny_vit(**kw):
 
 def test_layer_decay_groups():
     m = _tiny_vit(global_pool="avg")
-    groups = param_groups_lrd(m, weight_decay=0.05, layer_decay=0.65)
+    groups = layer_decay_groups(m, weight_decay=0.05, layer_decay=0.65)
     scale_of, wd_of = {}, {}
     for g in groups:
         for p in g["params"]:
@@ -69,9 +69,9 @@ def test_layer_decay_groups():
         assert wd_of[id(named[name])] == 0.0, name
     assert wd_of[id(named["blocks.0.attn.qkv.weight"])] == 0.05
     m.blocks[0].requires_grad_(False)
-    n_trainable = sum(len(g["params"]) for g in param_groups_lrd(m, 0.05, 0.65))
+    n_trainable = sum(len(g["params"]) for g in layer_decay_groups(m, 0.05, 0.65))
     assert n_trainable == sum(p.requires_grad for p in m.parameters())
-    plain = param_groups_weight_decay(timm.create_model("resnet18", pretrained=False, num_classes=2))
+    plain = weight_decay_groups(timm.create_model("resnet18", pretrained=False, num_classes=2), 0.05)
     assert {g["name"] for g in plain} == {"decay", "no_decay"}
     assert all(p.ndim == 1 for p in next(g for g in plain if g["name"] == "no_decay")["params"])
 

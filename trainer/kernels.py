@@ -15,20 +15,6 @@ import torch.nn as nn
 log = logging.getLogger("trainer")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, position embeddings or tokens (MAE / timm convention)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
 def make_optimizer(groups: list[dict], lr: float, betas, eps: float, weight_decay: float,
                    fused: bool = True) -> tuple[torch.optim.Optimizer, str]:
     """Returns (optimizer, description of the kernel that will run)."""

@@ -27,9 +27,10 @@ import torch  # noqa: E402
 
 from trainer.config import TrainConfig, parse_args, to_dict  # noqa: E402
 from trainer.flops import mfu, peak_tflops, train_flops_per_image  # noqa: E402
-from trainer.kernels import (attention_kernel, make_optimizer, param_groups, tune_ds_config_for_cpu,  # noqa: E402
+from trainer.kernels import (attention_kernel, make_optimizer, tune_ds_config_for_cpu,  # noqa: E402
                              use_apex_layernorm, use_sdpa)
 from trainer.model import MaskedAutoencoderViT, config_for  # noqa: E402
+from trainer.param_groups import weight_decay_groups  # noqa: E402
 from trainer.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: E402,F401  (re-exported)
 from trainer.precision import resolve_precision  # noqa: E402
 from trainer.threads import ThreadGovernor, apply_plan, plan_threads  # noqa: E402
@@ -144,7 +145,7 @@ def train(cfg: TrainConfig) -> int:
         ds_config = plan.ds_config(ds_config)
     op = ds_config.pop("optimizer", {}).get("params", {})
     wd = cfg.weight_decay if cfg.weight_decay is not None else op.get("weight_decay", 0.05)
-    optimizer, opt_kernel = make_optimizer(param_groups(model, wd), lr=lr, betas=tuple(op.get("betas", (0.9, 0.95))),
+    optimizer, opt_kernel = make_optimizer(weight_decay_groups(model, wd), lr=lr, betas=tuple(op.get("betas", (0.9, 0.95))),
                                            eps=op.get("eps", 1e-8), weight_decay=wd, fused=cfg.fused)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                                            model_parameters=None)
