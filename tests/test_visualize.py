@@ -10,6 +10,7 @@ import torch
 from phantom import render_frame
 from trainer.model import MaskedAutoencoderViT, config_for
 from trainer.visualize import main, read_image
+from trainer.weights import split_state_dict
 
 try:
     from test_readers import write_native_dicom
@@ -25,7 +26,8 @@ def inputs(tmp_path_factory):
     torch.manual_seed(0)
     mae = MaskedAutoencoderViT(config_for("mae_vit_demo_patch8", img_size=IMG, in_chans=3))
     torch.save(mae.state_dict(), d / "usf_mae.pt")  # the USF-MAE release layout
-    torch.save({"model": mae.encoder_state_dict()}, d / "mae_pretrain.pth")  # encoder only
+    encoder = split_state_dict(mae.state_dict(), d / "mae")[0]
+    torch.save({"model": encoder}, d / "mae_pretrain.pth")  # encoder only
     rng = np.random.default_rng(0)
     png = d / "a.png"
     cv2.imwrite(str(png), render_frame(rng, height=120, width=160, banner="PATIENT X"))

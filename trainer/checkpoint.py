@@ -35,6 +35,7 @@ log = logging.getLogger("trainer")
 
 TRAIN_STATE = "train_state.json"
 UNIVERSAL = "universal"
+LATEST = "latest"  # a file naming the newest complete tag
 
 
 def _rank() -> int:
@@ -46,11 +47,30 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    """Atomic: a reader (or a resumed run after SIGKILL) never sees half a file."""
+def _write_atomic(path: Path, text: str) -> None:
+    """A temporary file renamed into place: a reader (or a resumed run after SIGKILL) sees the old
+    file or the new one, never half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _write_atomic(path, json.dumps(obj))
+
+
+def read_latest(root: str | Path) -> str | None:
+    """The tag that ``root/latest`` names, or None where there is no pointer. The one reader of the
+    pointer (pretraining, fine-tuning, ``trainer.weights``); each caller checks that the tag dir
+    holds what it needs."""
+    f = Path(root) / LATEST
+    return f.read_text().strip() if f.is_file() else None
+
+
+def move_latest(root: str | Path, tag: str) -> None:
+    """Points ``root/latest`` at ``tag`` atomically. Call it only after every rank finished writing
+    the tag (a barrier before): the pointer always names a complete checkpoint."""
+    _write_atomic(Path(root) / LATEST, tag)
 
 
 @dataclass
@@ -80,11 +100,8 @@ class CheckpointManager:
         self._plan: ResumePlan | None = None
 
     def latest_tag(self) -> str | None:
-        f = self.root / "latest"
-        if not f.exists():
-            return None
-        tag = f.read_text().strip()
-        return tag if (self.root / tag).is_dir() else None
+        tag = read_latest(self.root)
+        return tag if tag and (self.root / tag).is_dir() else None
 
     def latest(self) -> Path | None:
         tag = self.latest_tag()
@@ -121,9 +138,7 @@ class CheckpointManager:
             _write_json(tag_dir / TRAIN_STATE, train_state)
         _barrier()  # every rank's DeepSpeed files and loader state are on disk
         if rank == 0:
-            tmp = self.root / ".latest.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, self.root / "latest")  # the pointer moves only after a complete save
+            move_latest(self.root, tag)  # the pointer moves only after a complete save
             self._prune(tag)
         _barrier()
         log.info("checkpoint saved: %s", tag_dir)

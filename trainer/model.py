@@ -190,11 +190,5 @@ class MaskedAutoencoderViT(nn.Module):
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
 
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The encoder as a plain timm VisionTransformer state dict (cls token, pos_embed,
-        patch_embed, blocks, norm): what ``trainer.export`` writes."""
-        keep = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(keep)}
-
     def config_dict(self) -> dict:
         return asdict(self.cfg)

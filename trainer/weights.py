@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import LATEST, read_latest
 from .model import MAEConfig, MaskedAutoencoderViT
 
 log = logging.getLogger("trainer.weights")
@@ -200,7 +201,7 @@ def read_weights(path: str | Path) -> Weights:
     elif p.name in HUB_WEIGHT_FILES and (p.parent / "config.json").is_file():
         p = p.parent  # the weights file of an export / hub folder: the folder describes it
     if p.is_dir():  # a run dir has a config.json too (the training config): checkpoints first
-        if any((c / n).exists() for c in (p, p / "checkpoints") for n in ("mae.safetensors", "latest")):
+        if any((c / n).exists() for c in (p, p / "checkpoints") for n in ("mae.safetensors", LATEST)):
             return _read_checkpoint(p)
         if (p / "config.json").is_file():
             return _read_export(p)
@@ -319,9 +320,9 @@ def find_tag_dir(path: str | Path) -> Path:
     for cand in (p, p / "checkpoints"):
         if (cand / "mae.safetensors").exists():
             return cand
-        latest = cand / "latest"
-        if latest.exists() and (cand / latest.read_text().strip() / "mae.safetensors").exists():
-            return cand / latest.read_text().strip()
+        tag = read_latest(cand)
+        if tag and (cand / tag / "mae.safetensors").exists():
+            return cand / tag
     raise WeightsError(f"{p}: not a weights file, export folder or checkpoint (no config.json, no "
                        f"mae.safetensors here or under its latest checkpoint)")
 
