@@ -4,7 +4,7 @@
 
 The labels are tests/fixtures/real_scan_boxes.json (every distinct real ultrasound image in
 deid-data, pydicom-data and pydicom's test files; see its "about"). Frame 0 of each file is read
-and cropped exactly as ``usf-shard build`` does (sharder.build.frame_crops); each labelled box
+and cropped exactly as ``usf-shard build`` does (sharder.frame_step.frame_crops); each labelled box
 is matched with the crop of highest IoU. Files whose package is not installed are listed as
 missing. ``--sheet`` writes a contact sheet: each file with its label (green) and crop (red).
 """
@@ -52,8 +52,8 @@ def iou(a, b) -> float:
 
 
 def measure(tmp: Path) -> tuple[list[dict], list]:
-    from sharder.build import frame_crops
     from sharder.curate import CurateOptions
+    from sharder.frame_step import frame_crops
     from sharder.frames import Frame, InputRejected, ReaderOptions
     from sharder.readers import iter_frames
 

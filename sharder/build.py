@@ -5,8 +5,9 @@ records, never by whole images of the corpus):
 
 1. **plan**     walk the dataset roots (sorted) into ``_work/inputs.tsv``.
 2. **extract**  N worker processes pull the next input index from a shared counter (so a few
-                huge volumes do not leave one worker busy while the others idle): read ->
-                curate -> hash -> encode; encoded frames go to ``_work/part-rRwW.bin``, frame
+                huge volumes do not leave one worker busy while the others idle) and run the
+                per-frame step on it (sharder/frame_step.py: read -> crop -> curate -> text
+                gate -> encode -> hashes); encoded frames go to ``_work/part-rRwW.bin``, frame
                 records, rejects and an "input done" marker to ``part-rRwW.jsonl``. A re-run
                 after a kill truncates each part to its last done marker and processes only
                 the inputs not yet done, in new parts (run R+1).
@@ -15,7 +16,8 @@ records, never by whole images of the corpus):
                 multi-index Hamming search) duplicates; first seen wins. Split by salted group.
 4. **write**    survivors in a global seeded order, cut into shards per split, written in
                 parallel to temporary names and renamed; a shard that already exists under its
-                final name (a resumed build) is kept. Then ``.idx``, manifest, reports.
+                final name (a resumed build) is kept. Then ``.idx``, reports, and the manifest
+                with its accounting (sharder/manifest.py).
 
 The output is a pure function of (inputs, config): a killed and resumed build is byte-identical
 to an uninterrupted one.
@@ -43,15 +45,14 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .codec import encode
 from .config import BuildConfig, DatasetSpec
-from .curate import CurateOptions, curate, find_scan_region, to_uint8
-from .dedup import NearDupIndex, phash64, phash_hex, pixel_hash
+from .curate import CurateOptions
+from .dedup import NearDupIndex, phash_hex
+from .frame_step import FrameRejected, FrameStep, Sample
 from .frames import InputRejected, ReaderOptions
 from .keys import order_key, salted_hex, unit_interval
-from .manifest import FORMAT, VERSION
-from .readers import detect_format, iter_frames
-from .regions import refit_regions, regions_of, select_image_regions
+from .manifest import account, accounting_line, new_manifest
+from .readers import detect_format
 from .shards import file_sha256, write_shard
 
 log = logging.getLogger("usf_shard")
@@ -63,10 +64,6 @@ class BuildError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- plan
-# cine loops and videos keep the probe's footprint on every frame: the scan region is found once
-# per source and reused (volumes are not: slices along other axes differ)
-REUSE_BOX_FORMATS = ("dicom", "video")
-
 
 def _walk(spec: DatasetSpec) -> list[str]:
     root = Path(spec.root)
@@ -101,10 +98,11 @@ def plan_inputs(cfg: BuildConfig, work: Path) -> tuple[int, list[str]]:
     return n, missing
 
 
-def _input_offsets(work: Path) -> np.ndarray:
-    """Byte offset of each line of inputs.tsv (8 bytes per input, not the paths themselves)."""
+def _line_offsets(path: Path) -> np.ndarray:
+    """Byte offset of each line of a work file (inputs.tsv, survivors.jsonl): 8 bytes per line
+    held, not the lines themselves."""
     offs, pos = [], 0
-    with open(work / "inputs.tsv", "rb") as f:
+    with open(path, "rb") as f:
         for line in f:
             offs.append(pos)
             pos += len(line)
@@ -115,6 +113,14 @@ def _read_input(f, offsets: np.ndarray, i: int) -> tuple[int, str]:
     f.seek(int(offsets[i]))
     _, d, rel = f.readline().decode().rstrip("\n").split("\t", 2)
     return int(d), rel
+
+
+def _planned(work: Path) -> Iterator[tuple[int, int, str]]:
+    """(input index, dataset index, relative path) of every planned input, from inputs.tsv."""
+    with open(work / "inputs.tsv") as f:
+        for line in f:
+            i, d, rel = line.rstrip("\n").split("\t", 2)
+            yield int(i), int(d), rel
 
 
 def _recover(work: Path) -> tuple[set[int], int]:
@@ -175,14 +181,6 @@ class _Group:
         return rel if parent == "." else parent
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
-
-
 class _Extractor:
     """Runs stage 2 for one worker's share of the inputs."""
 
@@ -192,11 +190,11 @@ class _Extractor:
         self.counter = counter  # shared [next input, inputs finished, frames] (progress + scheduling)
         self.groups = [_Group(s) for s in cfg.datasets]
 
-    def _reject(self, rej, dataset: str, rel: str, frame, reason: str, detail: str,
+    def _reject(self, recf, dataset: str, rel: str, frame, reason: str, detail: str,
                 scope: str = "input") -> None:
         """scope "input": the file (or its remainder after ``frame`` good frames) is unusable;
         scope "frame": one decoded frame was dropped by curation (counts in ``rejected``)."""
-        rej.write(json.dumps({"t": "r", "dataset": dataset, "path": rel, "frame": frame, "scope": scope,
+        recf.write(json.dumps({"t": "r", "dataset": dataset, "path": rel, "frame": frame, "scope": scope,
                               "reason": reason, "detail": detail}) + "\n")
         log.debug("rejected %s/%s frame=%s: %s", dataset, rel, frame, reason)
 
@@ -215,7 +213,7 @@ class _Extractor:
                 nframes = 0
                 if i not in self.done:
                     d, rel = _read_input(inputs, self.offsets, i)
-                    nframes = self._one_input(i, cfg.datasets[d], self.groups[d], rel, binf, recf, recf)
+                    nframes = self._one_input(i, cfg.datasets[d], self.groups[d], rel, binf, recf)
                     binf.flush()  # the frames' bytes are on disk before their input counts as done
                     recf.write(f'{{"t": "d", "i": {i}}}\n')
                     recf.flush()
@@ -223,34 +221,32 @@ class _Extractor:
                     self.counter[1] += 1
                     self.counter[2] += nframes
 
-    def _write_frame(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, frame, seq: int,
-                     region: int, digest: str, source: str, cur, binf, recf) -> None:
-        """Encode one curated frame into the part's .bin and its record into the part's .jsonl.
-        region: index of the scanner image region (dual view: 0, 1); the key of region 0 is the
-        key a single-image frame always had."""
-        cfg = self.cfg
+    def _write_sample(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, digest: str, source: str,
+                      smp: Sample, binf, recf) -> None:
+        """The encoded frame into the part's .bin, its record into the part's .jsonl. The key of
+        region 0 is the key a single-image frame always had (dual view: region 1 is keyed apart)."""
+        cfg, frame, cur = self.cfg, smp.frame, smp.cur
         group = salted_hex(cfg.salt, "group", spec.name, grouper(rel, frame.group_hint))
-        parts = (spec.name, digest, frame.axis, frame.index) + ((f"region{region}",) if region else ())
+        parts = (spec.name, digest, frame.axis, frame.index) + ((f"region{smp.region}",) if smp.region else ())
         key = salted_hex(cfg.salt, "key", *parts)
-        img = cur.image
-        data = encode(img, cfg.codec, cfg.jpeg_quality)
         off = binf.tell()
-        binf.write(data)
-        ph = phash64(img)
+        binf.write(smp.data)
         meta = {"dataset": spec.name, "anatomy": spec.anatomy, "split": None,
                 "group": group, "source": source, "frame": int(frame.index),
                 "axis": frame.axis, "orig_hw": [int(s) for s in frame.pixels.shape[:2]],
                 "crop": [int(c) for c in cur.crop], "ops": list(cur.ops),
-                "phash": phash_hex(ph)}
-        if region:
-            meta["region"] = region
-        psum, psq, npix = pixel_sums(img)
-        recf.write(json.dumps({"t": "f", "i": i, "f": [seq, region],
-                               "key": key, "off": off, "len": len(data),
-                               "xh": pixel_hash(img), "ph": ph, "meta": meta,
+                "phash": phash_hex(smp.ph)}
+        if smp.region:
+            meta["region"] = smp.region
+        psum, psq, npix = smp.sums
+        recf.write(json.dumps({"t": "f", "i": i, "f": [smp.seq, smp.region],
+                               "key": key, "off": off, "len": len(smp.data),
+                               "xh": smp.xh, "ph": smp.ph, "meta": meta,
                                "s": psum, "ss": psq, "n": npix}) + "\n")
 
-    def _one_input(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, binf, recf, rej) -> int:
+    def _one_input(self, i: int, spec: DatasetSpec, grouper: _Group, rel: str, binf, recf) -> int:
+        """Extracts one input: its samples and rejects (and the text gate's counts) go to the
+        part's files; returns the number of frames its reader yielded."""
         cfg = self.cfg
         path = Path(spec.root) / rel
         try:
@@ -262,171 +258,51 @@ class _Extractor:
             fmt = spec.format if spec.format != "auto" else detect_format(path)
             if fmt is None:
                 raise InputRejected("unknown_format", "not an image, DICOM, volume or video")
-            digest = _file_digest(path)
+            digest = file_sha256(path)
         except InputRejected as e:
-            self._reject(rej, spec.name, rel, None, e.reason, e.detail)
+            self._reject(recf, spec.name, rel, None, e.reason, e.detail)
             return 0
         except OSError as e:
-            self._reject(rej, spec.name, rel, None, "unreadable", e.strerror or type(e).__name__)
+            self._reject(recf, spec.name, rel, None, "unreadable", e.strerror or type(e).__name__)
             return 0
 
-        ropts = ReaderOptions(frame_stride=spec.frame_stride, max_frames=spec.max_frames,
-                              volume_axes=tuple(spec.volume_axes), slice_stride=spec.slice_stride,
-                              max_pixels=cfg.max_pixels)
-        copts = CurateOptions(crop_mode=spec.crop_mode, colour_policy=spec.colour_policy,
-                              deannotate=spec.deannotate, short_side=cfg.short_side,
-                              min_side=cfg.min_side)
         source = salted_hex(cfg.salt, "source", digest)
-        nframes = 0
-        reuse_box = fmt in REUSE_BOX_FORMATS
-        boxes: dict[int, tuple] = {}  # target (scanner region index) -> crop box reused across frames
-        box_shape = None
-        targets: list[tuple[int, tuple | None]] | None = None  # (region index, scanner region)
-        policy = spec.text_policy or cfg.text_policy
-        # volume slices are cropped one by one (their boxes differ by nature, and volumes have no
-        # display layer): they are sampled by the schedule alone, not re-checked per new box
-        gate = _TextGate(policy, cfg.text_check_every, track_box=reuse_box)
+        step = FrameStep(fmt, _curate_options(spec, cfg), cfg.codec, cfg.jpeg_quality,
+                         spec.text_policy or cfg.text_policy, cfg.text_check_every)
         try:
-            for frame in iter_frames(path, fmt, ropts):
-                seq = nframes
-                nframes += 1
-                shape = frame.pixels.shape[:2]
-                if shape != box_shape:
-                    boxes.clear()
-                    targets, region_op = _crop_targets(frame, shape, spec.crop_mode)
-                    box_shape = shape
-                    gate.new_geometry(frame)
-                for j, within in targets:
-                    try:
-                        cur = curate(frame.pixels, copts, box=boxes.get(j), within=within)
-                        if region_op:  # recorded just before the crop step it explains
-                            at = next((k for k, op in enumerate(cur.ops) if op.startswith("crop:")), 0)
-                            cur.ops.insert(at, region_op)
-                        gate.check(seq, j, cur)
-                    except InputRejected as e:
-                        self._reject(rej, spec.name, rel, seq, e.reason, e.detail, scope="frame")
-                        continue
-                    if reuse_box and j not in boxes and any(
-                            op in cur.ops for op in ("crop:auto", "crop:region", "crop:region_refined")):
-                        boxes[j] = cur.crop
-                    self._write_frame(i, spec, grouper, rel, frame, seq, j, digest, source, cur, binf, recf)
+            for smp in step.samples(path, _reader_options(spec, cfg)):
+                if isinstance(smp, FrameRejected):
+                    self._reject(recf, spec.name, rel, smp.seq, smp.error.reason, smp.error.detail, scope="frame")
+                else:
+                    self._write_sample(i, spec, grouper, rel, digest, source, smp, binf, recf)
         except InputRejected as e:
             # all frames yielded before the failure are kept; the input is reported either way
-            self._reject(rej, spec.name, rel, None if nframes == 0 else nframes, e.reason,
-                         e.detail if nframes == 0 else f"{e.detail} (after {nframes} good frames)")
+            n = step.frames
+            self._reject(recf, spec.name, rel, None if n == 0 else n, e.reason,
+                         e.detail if n == 0 else f"{e.detail} (after {n} good frames)")
         except Exception as e:  # a reader bug must not stop a 370k-frame build
-            self._reject(rej, spec.name, rel, None if nframes == 0 else nframes, "reader_error",
+            n = step.frames
+            self._reject(recf, spec.name, rel, None if n == 0 else n, "reader_error",
                          f"{type(e).__name__} while decoding")
         else:
-            if nframes == 0:
-                self._reject(rej, spec.name, rel, None, "no_frames", "the file holds no frames")
-        if (line := gate.record(i, spec.name)) is not None:
-            recf.write(line)
-        return nframes
+            if step.frames == 0:
+                self._reject(recf, spec.name, rel, None, "no_frames", "the file holds no frames")
+        gate = step.gate
+        if gate.policy != "off":
+            recf.write(json.dumps({"t": "g", "i": i, "dataset": spec.name, **{k: gate.counts[k] for k in
+                                   ("checked", "found", "cleaned")}, "ms": round(gate.seconds * 1000, 3)}) + "\n")
+        return step.frames
 
 
-def _crop_targets(frame, shape: tuple[int, int], crop_mode: str) -> tuple[list[tuple[int, tuple | None]], str | None]:
-    """What to crop from a frame of this geometry: [(region index, scanner region box | None)]
-    and an op to record. A DICOM with usable SequenceOfUltrasoundRegions gives one target per
-    image region (dual view: two samples per frame); regions that do not fit the pixels are
-    ignored (op ``crop:region_mismatch``) and pixel detection is used, as for every other file."""
-    if crop_mode != "auto":
-        return [(0, None)], None
-    regions = regions_of(frame)
-    boxes, status = select_image_regions(regions, shape)
-    if status == "ok":
-        return list(enumerate(boxes)), None
-    if status != "mismatch":
-        return [(0, None)], None
-    # the pixels were cut or resampled after the header was written: a refit is used only when
-    # the tissue the pixels show lies inside it (else pixel detection, as for any other file)
-    refit, how = refit_regions(regions, shape)
-    boxes, status = select_image_regions(refit, shape) if refit else ([], "none")
-    if status == "ok":
-        px = frame.pixels
-        gray = to_uint8(px if px.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(px[..., :3]).astype(np.uint8),
-                                                             cv2.COLOR_RGB2GRAY))[0]
-        ty0, tx0, ty1, tx1 = find_scan_region(gray)
-        sy, sx = max(4, shape[0] // 20), max(4, shape[1] // 20)  # 5% slack
-        if any(ty0 >= y0 - sy and tx0 >= x0 - sx and ty1 <= y1 + sy and tx1 <= x1 + sx
-               for y0, x0, y1, x1 in boxes):
-            return list(enumerate(boxes)), f"crop:region_{how}"
-    return [(0, None)], "crop:region_mismatch"
+def _reader_options(spec: DatasetSpec, cfg: BuildConfig) -> ReaderOptions:
+    return ReaderOptions(frame_stride=spec.frame_stride, max_frames=spec.max_frames,
+                         volume_axes=tuple(spec.volume_axes), slice_stride=spec.slice_stride,
+                         max_pixels=cfg.max_pixels)
 
 
-def frame_crops(frame, copts: CurateOptions) -> list[tuple[int, object]]:
-    """[(region index, Curated)] for one frame, exactly as the build crops it (scanner regions
-    first, pixel detection otherwise). For audits and benchmarks (real-file IoU)."""
-    targets, region_op = _crop_targets(frame, frame.pixels.shape[:2], copts.crop_mode)
-    out = []
-    for j, within in targets:
-        cur = curate(frame.pixels, copts, within=within)
-        if region_op:
-            at = next((k for k, op in enumerate(cur.ops) if op.startswith("crop:")), 0)
-            cur.ops.insert(at, region_op)
-        out.append((j, cur))
-    return out
-
-
-class _TextGate:
-    """Runs the text gate (sharder/textgate.py) on the written frames of one input and counts.
-
-    Which frames: every frame of a still image; of a cine/video/volume the first, middle and last
-    (when the reader knows the count), every ``every``-th, and (cine, video) every frame whose
-    crop box differs from the previous one of its region. A frame in between shares its last checked frame's box
-    and overlays: when that frame had text, its text boxes stand for this one (rejected or
-    inpainted alike, without another detector run); when it had none, the frame passes.
-    """
-
-    def __init__(self, policy: str, every: int, track_box: bool = True):
-        self.policy, self.every, self.track_box = policy, every, track_box
-        self.picks: set[int] = {0}
-        self.last_crop: dict[int, tuple] = {}
-        self.found: dict[int, list] = {}  # region -> text boxes of its last checked frame
-        self.counts = Counter()  # checked, found, cleaned
-        self.seconds = 0.0
-
-    def new_geometry(self, frame) -> None:
-        from .textgate import frames_to_check
-
-        self.picks = frames_to_check(frame.n_frames)
-        self.last_crop.clear()
-        self.found.clear()
-
-    def check(self, seq: int, region: int, cur) -> None:
-        """Raises InputRejected("text_found") (policy reject) or inpaints cur.image (clean)."""
-        if self.policy == "off":
-            return
-        changed = self.track_box and self.last_crop.get(region) != tuple(cur.crop)
-        self.last_crop[region] = tuple(cur.crop)
-        from .textgate import detector, inpaint_boxes
-
-        if changed or seq in self.picks or seq % self.every == 0:
-            t0 = time.perf_counter()
-            found = detector().detect(cur.image)
-            self.seconds += time.perf_counter() - t0
-            self.counts["checked"] += 1
-            self.found[region] = found
-        elif self.found.get(region):
-            # same box as a checked frame that had text: burned-in overlays are static within a
-            # loop, so its boxes stand for this frame too (bounded cost: no detector run)
-            found = self.found[region]
-        else:
-            return
-        if not found:
-            return
-        self.counts["found"] += 1
-        if self.policy == "reject":
-            raise InputRejected("text_found", f"{len(found)} text box(es) in the cropped frame")
-        cur.image = inpaint_boxes(cur.image, found)
-        cur.ops.append("text:inpaint")
-        self.counts["cleaned"] += 1
-
-    def record(self, i: int, dataset: str) -> str | None:
-        if self.policy == "off":
-            return None
-        return json.dumps({"t": "g", "i": i, "dataset": dataset, **{k: self.counts[k] for k in
-                           ("checked", "found", "cleaned")}, "ms": round(self.seconds * 1000, 3)}) + "\n"
+def _curate_options(spec: DatasetSpec, cfg: BuildConfig) -> CurateOptions:
+    return CurateOptions(crop_mode=spec.crop_mode, colour_policy=spec.colour_policy,
+                         deannotate=spec.deannotate, short_side=cfg.short_side, min_side=cfg.min_side)
 
 
 @contextmanager
@@ -445,13 +321,6 @@ def one_cv2_thread() -> Iterator[None]:
         cv2.setNumThreads(n)
 
 
-def pixel_sums(img: np.ndarray) -> tuple[float, float, int]:
-    """(sum, sum of squares, count) of an (h, w) uint8 frame's pixels scaled to [0, 1], for the
-    manifest's mean/std; summed as exact integers (no BLAS threads, no float temporaries)."""
-    u = img.reshape(-1).astype(np.uint32)
-    return int(u.sum(dtype=np.uint64)) / 255.0, int(np.square(u).sum(dtype=np.uint64)) / 65025.0, int(u.size)
-
-
 def _extract_worker(cfg, work, part, offsets, done, counter):
     logging.getLogger("usf_shard").setLevel(logging.WARNING)
     _Extractor(cfg, work, part, offsets, done, counter).run()
@@ -463,7 +332,7 @@ def extract(cfg: BuildConfig, work: Path, workers: int, n_inputs: int, progress:
         return
     if done:
         log.info("resuming: %d of %d inputs already extracted", len(done), n_inputs)
-    offsets = _input_offsets(work)
+    offsets = _line_offsets(work / "inputs.tsv")
     ctx = mp.get_context("fork")
     counter = ctx.Array("q", 3)
     bar = tqdm(total=n_inputs, desc="extract", unit="input", disable=not progress, smoothing=0.1)
@@ -508,7 +377,7 @@ def _entries(work: Path, part: str, kind: str) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def _records(work: Path, workers: int | None = None) -> Iterator[tuple[str, dict]]:
+def _records(work: Path) -> Iterator[tuple[str, dict]]:
     """All frame records in input order, whichever part (run, worker) made them: each part is
     sorted by input index, so a k-way merge gives an order independent of the worker count."""
     def one(part):
@@ -528,7 +397,7 @@ class _Survivor:
     line: int  # line number in survivors.jsonl
 
 
-def dedup_and_split(cfg: BuildConfig, work: Path, workers: int):
+def dedup_and_split(cfg: BuildConfig, work: Path):
     """Stage 3. Returns (survivors, per-dataset counters, pixel-stat sums, used input indices);
     writes ``survivors.jsonl`` and ``duplicates.jsonl`` into the work dir."""
     holdout = {s.name for s in cfg.datasets if s.holdout}
@@ -556,14 +425,14 @@ def dedup_and_split(cfg: BuildConfig, work: Path, workers: int):
             used.add(r["i"])
 
         # pass 1: held-out (downstream) datasets, written to the "holdout" split untouched
-        for w, r in _records(work, workers):
+        for w, r in _records(work):
             if r["meta"]["dataset"] in holdout:
                 hold_exact.setdefault(r["xh"], r["key"])
                 if hold_near.query(r["ph"]) is None:
                     hold_near.add(r["ph"], r["key"])
                 keep(w, r, "holdout")
         # pass 2: pretraining datasets
-        for w, r in _records(work, workers):
+        for w, r in _records(work):
             ds = r["meta"]["dataset"]
             if ds in holdout:
                 continue
@@ -613,16 +482,7 @@ def plan_shards(cfg: BuildConfig, survivors: list[_Survivor]) -> list[dict]:
     return shards
 
 
-def _line_offsets(path: Path) -> list[int]:
-    offs, pos = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            offs.append(pos)
-            pos += len(line)
-    return offs
-
-
-def _write_one(out: Path, work: Path, codec: str, shard: dict, line_offs: list[int]) -> dict:
+def _write_one(out: Path, work: Path, codec: str, shard: dict, line_offs: np.ndarray) -> dict:
     path = out / shard["name"]
     if path.exists() and Path(f"{path}.idx").exists():  # finished by an earlier (killed) run
         return {"samples": len(shard["items"]), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
@@ -679,6 +539,28 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
           keep_work: bool = False) -> dict:
     """Runs the whole build into ``out``; returns the manifest dict."""
     out = Path(out)
+    work = _work_dir(cfg, out)
+    if not cfg.datasets:
+        raise BuildError("no datasets: give input directories or a config with datasets")
+    _check_text_gate(cfg)
+    n_inputs, missing = _plan(cfg, work, out)
+    extract(cfg, work, workers, n_inputs, progress)
+    survivors, counts, stats, used = dedup_and_split(cfg, work)
+    shards = plan_shards(cfg, survivors)
+    _remove_stale_shards(out, shards)
+    shard_rows = write_shards(out, work, cfg, shards, workers, progress)
+    manifest = _write_reports(cfg, work, out, shard_rows, counts, stats, used, missing)
+    if not keep_work:
+        shutil.rmtree(work)
+    totals = manifest["totals"]
+    if totals["inputs_unaccounted"]:
+        raise BuildError(f"{totals['inputs_unaccounted']} input(s) neither used nor reported: this is a bug")
+    log.info("accounting: %s", accounting_line(totals))
+    return manifest
+
+
+def _work_dir(cfg: BuildConfig, out: Path) -> Path:
+    """``out/_work``, kept from an interrupted build of the same config (to resume), else new."""
     out.mkdir(parents=True, exist_ok=True)
     work = out / WORK
     fp = _fingerprint(cfg)
@@ -689,17 +571,25 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
             p.unlink()
     work.mkdir(exist_ok=True)
     (work / "fingerprint").write_text(fp)
+    return work
 
-    if not cfg.datasets:
-        raise BuildError("no datasets: give input directories or a config with datasets")
+
+def _check_text_gate(cfg: BuildConfig) -> None:
+    """Fail before any work, not as one reader_error per input in the workers, when a dataset
+    has a text policy and the detector is not installed."""
     gated = sorted(s.name for s in cfg.datasets if (s.text_policy or cfg.text_policy) != "off")
-    if gated:  # fail before any work, not as one reader_error per input in the workers
+    if gated:
         from .textgate import TextGateUnavailable, model_path
 
         try:
             model_path()
         except TextGateUnavailable as e:
             raise BuildError(f"datasets {gated} have a text_policy: {e}") from None
+
+
+def _plan(cfg: BuildConfig, work: Path, out: Path) -> tuple[int, list[str]]:
+    """Stage 1 (see :func:`plan_inputs`); an interrupted build whose input files changed since
+    extracts again. Returns (inputs, datasets whose root is missing)."""
     n_inputs, missing = plan_inputs(cfg, work)
     listing = hashlib.sha256((work / "inputs.tsv").read_bytes()).hexdigest()
     seen = work / "inputs.sha256"
@@ -713,102 +603,31 @@ def build(cfg: BuildConfig, out: str | Path, workers: int = 1, progress: bool = 
             raise BuildError(f"dataset {name}: root is missing (strict mode)")
         log.warning("dataset %s: root not found, skipped", name)
     log.info("planned %d inputs from %d datasets", n_inputs, len(cfg.datasets) - len(missing))
+    return n_inputs, missing
 
-    extract(cfg, work, workers, n_inputs, progress)
-    survivors, counts, stats, used = dedup_and_split(cfg, work, workers)
-    shards = plan_shards(cfg, survivors)
+
+def _remove_stale_shards(out: Path, shards: list[dict]) -> None:
+    """Shards of an older, different build in the same dir go (with their .idx)."""
     keep_names = {s["name"] for s in shards}
-    for p in out.glob("*.tar"):  # shards of an older, different build in the same dir
+    for p in out.glob("*.tar"):
         if p.name not in keep_names:
             p.unlink()
             Path(f"{p}.idx").unlink(missing_ok=True)
-    shard_rows = write_shards(out, work, cfg, shards, workers, progress)
 
+
+def _write_reports(cfg: BuildConfig, work: Path, out: Path, shard_rows: list[dict], counts: dict,
+                   stats: np.ndarray, used: set[int], missing: list[str]) -> dict:
+    """rejects.jsonl, duplicates.jsonl and manifest.json (the accounting: sharder.manifest),
+    each written atomically; returns the manifest."""
     rejects = _rejects(work)
     dups = [json.loads(x) for x in (work / "duplicates.jsonl").read_text().splitlines() if x]
-    # every input is used (a frame written or deduplicated) or reported in rejects.jsonl
-    reported = {(r["dataset"], r["path"]) for r in rejects}
-    inputs_per_ds: Counter = Counter()
-    inputs_used: Counter = Counter()
-    rejected_inputs: Counter = Counter()
-    unaccounted: Counter = Counter()
-    with open(work / "inputs.tsv") as f:
-        for line in f:
-            i, d, rel = line.rstrip("\n").split("\t", 2)
-            name = cfg.datasets[int(d)].name
-            inputs_per_ds[name] += 1
-            if int(i) in used:
-                inputs_used[name] += 1
-            elif (name, rel) in reported:
-                rejected_inputs[name] += 1
-            else:
-                unaccounted[name] += 1
-    rejected_frames: Counter = Counter()
-    reasons: dict[str, Counter] = defaultdict(Counter)
-    for r in rejects:
-        reasons[r["dataset"]][r["reason"]] += 1
-        if r["scope"] == "frame":
-            rejected_frames[r["dataset"]] += 1
-    gate: dict[str, Counter] = defaultdict(Counter)
-    gate_ms: dict[str, float] = defaultdict(float)
-    for part in _parts(work):
-        for g in _entries(work, part, "g"):
-            gate[g["dataset"]].update({k: g[k] for k in ("checked", "found", "cleaned")})
-            gate_ms[g["dataset"]] += g["ms"]
-    datasets = {}
-    for spec in cfg.datasets:
-        c = counts[spec.name]
-        datasets[spec.name] = {
-            "anatomy": spec.anatomy, "holdout": spec.holdout, "missing_root": spec.name in missing,
-            "inputs": inputs_per_ds[spec.name], "inputs_used": inputs_used[spec.name],
-            "inputs_unaccounted": unaccounted[spec.name],
-            "frames": c["written"] + c["duplicates"] + rejected_frames[spec.name],
-            "written": c["written"], "duplicates": c["duplicates"],
-            "rejected": rejected_frames[spec.name], "rejected_inputs": rejected_inputs[spec.name],
-            "rejected_by_reason": dict(sorted(reasons[spec.name].items())),
-            "text_gate": _gate_summary(spec.text_policy or cfg.text_policy, gate[spec.name], gate_ms[spec.name],
-                                       reasons[spec.name]["text_found"]),
-        }
-    totals = {k: sum(d[k] for d in datasets.values())
-              for k in ("inputs", "inputs_used", "inputs_unaccounted", "frames", "written",
-                        "duplicates", "rejected", "rejected_inputs")}
-    totals["rejected_by_reason"] = dict(sorted(sum(reasons.values(), Counter()).items()))
-    all_gate = sum(gate.values(), Counter())
-    totals["text_gate"] = _gate_summary("per dataset", all_gate, sum(gate_ms.values()),
-                                        totals["rejected_by_reason"].get("text_found", 0))
-    s, ss, n = stats
-    mean = s / n if n else 0.0
-    std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) if n else 1.0
-    manifest = {"format": FORMAT, "version": VERSION, "tool": __version__, "config": cfg.resolved(),
-                "codec": cfg.codec, "size_policy": {"short_side": cfg.short_side},
-                "pixel_stats": {"mean": round(float(mean), 6), "std": round(float(std), 6)},
-                "shards": shard_rows, "datasets": datasets, "totals": totals}
-
+    gate_records = (g for part in _parts(work) for g in _entries(work, part, "g"))
+    datasets, totals = account(cfg, _planned(work), used, counts, rejects, gate_records, missing)
+    manifest = new_manifest(cfg, __version__, shard_rows, datasets, totals, tuple(stats))
     _atomic_write(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
     _atomic_write(out / "duplicates.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in dups))
     _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    if not keep_work:
-        shutil.rmtree(work)
-    if totals["inputs_unaccounted"]:
-        raise BuildError(f"{totals['inputs_unaccounted']} input(s) neither used nor reported: this is a bug")
-    log.info("accounting: %s", accounting_line(totals))
     return manifest
-
-
-def _gate_summary(policy: str, c: Counter, ms: float, rejected: int) -> dict:
-    """Text-gate figures of one dataset (or all): frames checked, with text found, cleaned,
-    rejected (reason text_found), and the detector's mean cost per checked frame (machine-
-    dependent: the benchmark's figure is the one to compare)."""
-    n = c["checked"]
-    return {"policy": policy, "checked": n, "found": c["found"], "cleaned": c["cleaned"],
-            "rejected": rejected, "ms_per_frame": round(ms / n, 2) if n else None}
-
-
-def accounting_line(t: dict) -> str:
-    by = ", ".join(f"{k} {v}" for k, v in t.get("rejected_by_reason", {}).items()) or "none"
-    return (f"inputs {t['inputs']}, frames {t['frames']}, written {t['written']}, duplicates "
-            f"{t['duplicates']}, rejected frames {t['rejected']}, rejected inputs "
-            f"{t['rejected_inputs']} (reasons: {by})")
 
 
 def _atomic_write(path: Path, text: str) -> None:

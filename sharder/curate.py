@@ -26,11 +26,10 @@ import cv2
 import numpy as np
 
 from .frames import InputRejected
+from .intensity import to_uint8  # the one 8-bit conversion every path shares
 
 CROP_MODES = ("auto", "none")
 COLOUR_POLICIES = ("luma", "suppress_doppler", "reject_colour")
-
-# --- to_uint8 -------------------------------------------------------------------------------
 
 # --- scan region ----------------------------------------------------------------------------
 _BG_PERCENTILE = 1.0  # the background (black margins, or the darkest tissue when there are none)
@@ -215,17 +214,6 @@ def curate(pixels: np.ndarray, opts: CurateOptions | None = None,
     if op:
         ops.append(op)
     return Curated(image=np.ascontiguousarray(gray), crop=box, ops=ops)
-
-
-def to_uint8(pixels: np.ndarray) -> tuple[np.ndarray, str]:
-    """Map any numeric image to uint8; returns (same shape uint8, op).
-
-    The one conversion every path shares (sharder, torch and DALI fine-tune loaders): see
-    :func:`sharder.intensity.to_uint8` for the rule (``to_uint8:none|bool|cast|window|minmax|const``).
-    """
-    from .intensity import to_uint8 as shared_to_uint8
-
-    return shared_to_uint8(pixels)
 
 
 def find_scan_region(gray: np.ndarray) -> tuple[int, int, int, int]:

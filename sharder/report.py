@@ -88,8 +88,9 @@ def curation_sheet(inputs: list[str | Path], out: str | Path, n: int = 8, seed: 
     drawn on it, beside the curated frame. LOCAL USE ONLY: the 'before' side shows the raw frame,
     burned-in banners included, so this sheet is not shareable (unlike the contact sheet)."""
     from .config import quick_datasets
-    from .curate import CurateOptions, curate, to_uint8
+    from .curate import CurateOptions, curate
     from .frames import InputRejected, ReaderOptions
+    from .intensity import gray_u8
     from .readers import detect_format, iter_frames
 
     files = sorted(p for spec in quick_datasets(list(inputs)) for p in Path(spec.root).rglob("*") if p.is_file())
@@ -106,8 +107,7 @@ def curation_sheet(inputs: list[str | Path], out: str | Path, n: int = 8, seed: 
             cur = curate(frame.pixels, CurateOptions())
         except (InputRejected, StopIteration):
             continue
-        src = frame.pixels
-        gray = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY) if src.ndim == 3 else to_uint8(src)[0]
+        gray = gray_u8(frame.pixels)[0]
         before = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
         y0, x0, y1, x1 = cur.crop
         cv2.rectangle(before, (x0, y0), (x1 - 1, y1 - 1), (0, 200, 255), max(2, gray.shape[0] // 150))

@@ -21,13 +21,16 @@ one intra-op thread (the build's parallelism is its worker processes). Measured 
 from __future__ import annotations
 
 import importlib.util
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .config import TEXT_POLICIES  # noqa: F401  (re-exported: the policies live with the config)
+from .frames import InputRejected
+
 DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -170,3 +173,59 @@ def detector() -> TextDetector:
     if _DETECTOR is None:
         _DETECTOR = TextDetector()
     return _DETECTOR
+
+
+class SourceGate:
+    """Runs the text gate on the written frames of one source and counts.
+
+    Which frames: every frame of a still image; of a cine/video/volume the first, middle and last
+    (when the reader knows the count), every ``every``-th, and (cine, video: ``track_box``) every
+    frame whose crop box differs from the previous one of its region. A frame in between shares
+    its last checked frame's box and overlays: when that frame had text, its text boxes stand for
+    this one (rejected or inpainted alike, without another detector run); when it had none, the
+    frame passes. ``policy`` "off" checks nothing.
+    """
+
+    def __init__(self, policy: str, every: int, track_box: bool = True):
+        self.policy, self.every, self.track_box = policy, every, track_box
+        self.picks: set[int] = {0}
+        self.last_crop: dict[int, tuple] = {}
+        self.found: dict[int, list] = {}  # region -> text boxes of its last checked frame
+        self.counts = Counter()  # checked, found, cleaned
+        self.seconds = 0.0
+
+    def new_geometry(self, n_frames: int | None) -> None:
+        """A new frame size (the first frame, or a stream that changed resolution): its
+        first/middle/last frames are picked again, the boxes seen so far forgotten."""
+        self.picks = frames_to_check(n_frames)
+        self.last_crop.clear()
+        self.found.clear()
+
+    def check(self, seq: int, region: int, cur) -> None:
+        """Raises InputRejected("text_found") (policy reject) or inpaints ``cur.image`` (clean).
+        seq: the frame's position in its source; region: its scanner image region; cur: its
+        :class:`~sharder.curate.Curated` (``image`` (h, w) uint8, ``crop``, ``ops``)."""
+        if self.policy == "off":
+            return
+        changed = self.track_box and self.last_crop.get(region) != tuple(cur.crop)
+        self.last_crop[region] = tuple(cur.crop)
+        if changed or seq in self.picks or seq % self.every == 0:
+            t0 = time.perf_counter()
+            found = detector().detect(cur.image)
+            self.seconds += time.perf_counter() - t0
+            self.counts["checked"] += 1
+            self.found[region] = found
+        elif self.found.get(region):
+            # same box as a checked frame that had text: burned-in overlays are static within a
+            # loop, so its boxes stand for this frame too (bounded cost: no detector run)
+            found = self.found[region]
+        else:
+            return
+        if not found:
+            return
+        self.counts["found"] += 1
+        if self.policy == "reject":
+            raise InputRejected("text_found", f"{len(found)} text box(es) in the cropped frame")
+        cur.image = inpaint_boxes(cur.image, found)
+        cur.ops.append("text:inpaint")
+        self.counts["cleaned"] += 1

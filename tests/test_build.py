@@ -277,12 +277,12 @@ def test_kill_during_extraction_resumes_and_worker_count_does_not_matter(demo_ra
     real = build_mod._Extractor._one_input
     calls = {"n": 0}
 
-    def dying(self, i, spec, grouper, rel, binf, recf, rej):
+    def dying(self, i, spec, grouper, rel, binf, recf):
         calls["n"] += 1
         if calls["n"] == 30:
             recf.write('{"t": "f", "i": %d, "f": 0, "half": true}\n' % i)  # half-written input
             raise KeyboardInterrupt("simulated kill during extraction")
-        return real(self, i, spec, grouper, rel, binf, recf, rej)
+        return real(self, i, spec, grouper, rel, binf, recf)
 
     monkeypatch.setattr(build_mod._Extractor, "_one_input", dying)
     with pytest.raises(KeyboardInterrupt):

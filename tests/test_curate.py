@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sharder.curate import CurateOptions, colour_mask, curate, deannotate, find_scan_region, to_uint8
+from sharder.curate import CurateOptions, colour_mask, curate, deannotate, find_scan_region
+from sharder.intensity import to_uint8
 from sharder.frames import InputRejected
 
 H, W = 600, 800

@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from real_scan_iou import iou, locate  # noqa: E402  (the benchmark and the test share the loader)
 
-from sharder.build import build, frame_crops  # noqa: E402
+from sharder.build import build  # noqa: E402
 from sharder.codec import decode  # noqa: E402
 from sharder.config import BuildConfig, DatasetSpec  # noqa: E402
 from sharder.curate import CurateOptions  # noqa: E402
+from sharder.frame_step import frame_crops  # noqa: E402
 from sharder.frames import ReaderOptions  # noqa: E402
 from sharder.manifest import Manifest  # noqa: E402
 from sharder.readers import iter_frames  # noqa: E402
