@@ -21,12 +21,12 @@ def test_warmup_is_linear(path):
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
 
     from trainer.config import TrainConfig
-    from trainer.pretrain import build_ds_config
+    from trainer.engine import build_ds_config, read_ds_json
 
     if json.loads(path.read_text()).get("scheduler", {}).get("type") != "WarmupCosineLR":
         pytest.skip(f"{path.name}: no WarmupCosineLR")
     total, warm, lr = 100, 10, 1.0e-3
-    ds, _ = build_ds_config(TrainConfig(deepspeed_config=str(path), warmup_steps=warm), 1, total)
+    ds, _ = build_ds_config(TrainConfig(warmup_steps=warm), read_ds_json(path), 1, total)
     params = ds["scheduler"]["params"]
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     sched = WarmupCosineLR(opt, **params)

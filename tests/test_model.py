@@ -64,13 +64,13 @@ def test_norm_pix_loss_changes_target():
 def test_init_from_facebookresearch_checkpoint(tmp_path):
     """A 3-channel MAE checkpoint ({"model": ...}, torch.save) initialises a 1-channel model:
     patch embedding summed over colour, decoder head averaged, everything else copied."""
-    from trainer.pretrain import load_mae_init
+    from trainer.weights import init_mae
 
     torch.manual_seed(1)
     src = MaskedAutoencoderViT(config_for("mae_vit_demo_patch16", img_size=64, in_chans=3))
     torch.save({"model": src.state_dict(), "epoch": 799}, tmp_path / "mae_pretrain.pth")
     dst = tiny()
-    load_mae_init(dst, str(tmp_path / "mae_pretrain.pth"))
+    init_mae(dst, str(tmp_path / "mae_pretrain.pth"))
     s, d = src.state_dict(), dst.state_dict()
     assert torch.allclose(d["patch_embed.proj.weight"], s["patch_embed.proj.weight"].sum(1, keepdim=True))
     assert torch.equal(d["blocks.1.attn.qkv.weight"], s["blocks.1.attn.qkv.weight"])
