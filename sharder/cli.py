@@ -4,22 +4,26 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from .config import ConfigError, load_config, quick_datasets
+from runconfig import ConfigError, add_arguments
+
+from .config import BuildConfig, load_config, quick_datasets, validate
+
+# `usf-shard build` has one flag per scalar BuildConfig field (--seed, --codec, --text-policy, ...):
+# given, it overrides the --config YAML; not given, the YAML's value or the field default holds
+BUILD_FLAGS = tuple(f.name for f in fields(BuildConfig) if f.name != "datasets")
 
 
 def _build(a) -> int:
-    from .build import BuildError, accounting_line, build
+    from .build import BuildError, build
+    from .manifest import accounting_line
 
     try:
-        cfg = load_config(a.config, {"seed": a.seed, "strict": a.strict or None, "codec": a.codec,
-                                     "shard_max_samples": a.shard_max_samples,
-                                     "val_fraction": a.val_fraction, "text_policy": a.text_policy})
+        cfg = load_config(a.config, {k: getattr(a, k) for k in BUILD_FLAGS})
         if a.inputs:
             cfg.datasets += quick_datasets(a.inputs, holdout=tuple(a.holdout or ()))
-            from .config import validate
-
             validate(cfg)
         for d in a.inputs:
             if not Path(d).is_dir():
@@ -105,16 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True)
     b.add_argument("--config", help="curation YAML (see sharder/registry/openus46.yaml)")
     b.add_argument("--workers", type=int, default=1)
-    b.add_argument("--seed", type=int, default=None)
-    b.add_argument("--codec", choices=("jpg", "png", "zst"), default=None)
-    b.add_argument("--strict", action="store_true", help="a missing dataset root is fatal")
     b.add_argument("--holdout", action="append", metavar="NAME",
                    help="quick mode: dataset (folder) kept out of pretraining shards (repeatable)")
-    b.add_argument("--shard-max-samples", type=int, default=None, dest="shard_max_samples")
-    b.add_argument("--val-fraction", type=float, default=None, dest="val_fraction")
-    b.add_argument("--text-policy", choices=("reject", "clean", "off"), default=None, dest="text_policy",
-                   help="frames in which the offline OCR reads text: reject (default), clean (inpaint) or off")
     b.add_argument("--keep-work", action="store_true", help="keep the _work dir (debugging)")
+    add_arguments(b, BuildConfig, only=BUILD_FLAGS, overrides_only=True, config_file=False)
     b.set_defaults(fn=_build)
     v = sub.add_parser("verify", help="check shards, samples and accounting")
     v.add_argument("dir")

@@ -1,28 +1,35 @@
 """Curation config: which datasets to read and how to turn them into shards.
 
 A config is YAML (see ``sharder/registry/openus46.yaml`` for the full OpenUS-46 list); every
-field has a default so ``usf-shard build DIR... --out OUT`` works with none. Validation happens
-here, before any work starts: a bad config is a clear error, never a half-written output.
+field has a default so ``usf-shard build DIR... --out OUT`` works with none. The dataclasses are
+:mod:`runconfig` configs: types, ranges, allowed values and unknown keys are checked when a file is
+loaded (each error names the file, line and key), the cross-field rules in :func:`validate`; all
+before any work starts: a bad config is a clear error, never a half-written output.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, field
 from pathlib import Path
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import Field
 
-FORMATS = ("auto", "image", "dicom", "volume", "video")
-CODECS = ("jpg", "png", "zst")
-GROUP_RULES = ("auto", "parent", "file", "dicom", "regex", "csv")
-TEXT_POLICIES = ("reject", "clean", "off")  # sharder/textgate.py (kept here: no onnxruntime import)
+from runconfig import ConfigError, Source, config, from_dict, load_yaml
+
+from .curate import COLOUR_POLICIES, CROP_MODES
+
+Format = Literal["auto", "image", "dicom", "volume", "video"]
+FORMATS = typing.get_args(Format)
+GroupRuleName = Literal["auto", "parent", "file", "dicom", "regex", "csv"]
+GROUP_RULES = typing.get_args(GroupRuleName)
+# sharder/textgate.py's policies (named here: the config must not import onnxruntime)
+TextPolicy = Literal["reject", "clean", "off"]
+Positive = Annotated[int, Field(ge=1)]
 
 
-class ConfigError(ValueError):
-    """The config cannot be used; the message says which key and why."""
-
-
-@dataclass
+@config
 class GroupRule:
     """How frames are grouped into patients/studies (the unit of the train/val split).
 
@@ -34,66 +41,66 @@ class GroupRule:
     csv: ``csv`` maps the relative path (column ``path_column``) to ``group_column``.
     """
 
-    rule: str = "auto"
+    rule: GroupRuleName = "auto"
     pattern: str | None = None
     csv: str | None = None
     path_column: str = "path"
     group_column: str = "group"
 
 
-@dataclass
+@config
 class DatasetSpec:
-    name: str
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]  # letters, digits, '_', '-', '.'
     root: str | None = None
     globs: list[str] = field(default_factory=lambda: ["**/*"])
-    format: str = "auto"
+    format: Format = "auto"
     anatomy: str = "unknown"
     licence: str | None = None
     source: str | None = None  # where a user downloads it (documentation only)
     reader: str | None = None  # which reader it needs (documentation only)
     holdout: bool = False  # downstream evaluation set: never in pretraining shards
-    group: GroupRule = field(default_factory=GroupRule)
-    frame_stride: int = 1
+    group: GroupRule = field(default_factory=GroupRule)  # YAML shorthand: `group: parent` for {rule: parent}
+    frame_stride: Positive = 1
     max_frames: int | None = None
-    volume_axes: list[int] = field(default_factory=lambda: [2])
-    slice_stride: int = 1
-    crop_mode: str = "auto"
-    colour_policy: str = "luma"
+    volume_axes: Annotated[list[Literal[0, 1, 2]], Field(min_length=1)] = field(default_factory=lambda: [2])
+    slice_stride: Positive = 1
+    crop_mode: Literal[CROP_MODES] = "auto"  # sharder.curate.CROP_MODES
+    colour_policy: Literal[COLOUR_POLICIES] = "luma"  # sharder.curate.COLOUR_POLICIES
     deannotate: bool = False
     deannotate_reason: str | None = None  # why de-annotation is on/off for this set (documentation)
     # text gate (sharder/textgate.py) on written frames: "reject" a frame with text in it
     # (reason text_found), "clean" it (text boxes inpainted, op text:inpaint), "off", or None:
     # the build's text_policy
-    text_policy: str | None = None
+    text_policy: TextPolicy | None = None
 
 
-@dataclass
+@config
 class BuildConfig:
     datasets: list[DatasetSpec] = field(default_factory=list)
-    seed: int = 0
+    seed: int = 0  # split and shuffle seed
     salt: str = "usf-mae-default-salt"  # set a private salt per site: ids become unlinkable
-    codec: str = "jpg"
-    jpeg_quality: int = 95
-    short_side: int = 256
-    min_side: int = 64
-    val_fraction: float = 0.05
-    shard_max_samples: int = 2000
-    shard_max_bytes: int = 256 * 2**20
-    dedup_exact: bool = True
-    dedup_near: bool = True
-    near_max_dist: int = 4  # measured: see sharder/dedup.py (false-match rate vs threshold)
+    codec: Literal["jpg", "png", "zst"] = "jpg"  # shard image codec
+    jpeg_quality: int = 95  # codec jpg
+    short_side: Annotated[int, Field(ge=16)] = 256  # frames are resized to this short side
+    min_side: Positive = 64  # smaller scan regions are rejected (too_small)
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05  # of the groups, per dataset
+    shard_max_samples: Positive = 2000  # samples per tar
+    shard_max_bytes: int = 256 * 2**20  # bytes per tar
+    dedup_exact: bool = True  # drop pixel-identical frames
+    dedup_near: bool = True  # drop near-duplicates (pHash Hamming distance <= near_max_dist)
+    near_max_dist: Annotated[int, Field(ge=0, le=16)] = 4  # measured: see sharder/dedup.py (false-match rate)
     holdout_leak_max_dist: int = 4  # same false-match trade-off as near_max_dist
-    max_pixels: int = 64_000_000
-    max_input_bytes: int = 4 * 2**30
+    max_pixels: int = 64_000_000  # frames with more pixels are rejected
+    max_input_bytes: int = 4 * 2**30  # larger input files are rejected
     strict: bool = False  # a missing dataset root is fatal instead of skipped
     # text gate sampling within one cine/video/volume: besides first/middle/last, frames whose
     # crop box changed, and every frame after one with text, every n-th frame is checked
-    text_check_every: int = 16
+    text_check_every: Positive = 16  # text gate: every n-th frame of a cine/volume (and see above)
     # the text gate's policy for datasets that set none: a frame in which the offline detector
     # reads text is rejected (reason text_found) unless a dataset asks for "clean" (inpaint the
     # boxes) or, knowingly, "off". Phantom builds opt out explicitly (tests/conftest.py,
     # launch/demo.sh): the phantom burns typed labels into its scan regions on purpose.
-    text_policy: str = "reject"
+    text_policy: TextPolicy = "reject"  # frames with text: reject, clean (inpaint) or off
 
     def resolved(self) -> dict:
         """The config as written into the manifest: roots are dropped (they are local paths that
@@ -106,95 +113,53 @@ class BuildConfig:
         return d
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
-
-
-def _dataset_from_dict(d: dict, i: int) -> DatasetSpec:
-    where = f"datasets[{i}]"
-    d = dict(d)
-    g = d.pop("group", None)
-    if isinstance(g, str):
-        g = {"rule": g}
-    spec = _build(DatasetSpec, d, where)
-    spec.group = _build(GroupRule, g or {}, f"{where}.group")
-    return spec
-
-
-def validate(cfg: BuildConfig) -> BuildConfig:
-    if cfg.codec not in CODECS:
-        raise ConfigError(f"codec: {cfg.codec!r} is not one of {CODECS}")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ConfigError(f"val_fraction: {cfg.val_fraction} must be in [0, 1)")
-    if cfg.short_side < 16 or cfg.min_side < 1:
-        raise ConfigError("short_side must be >= 16 and min_side >= 1")
-    if not 0 <= cfg.near_max_dist <= 16:
-        raise ConfigError("near_max_dist must be in 0..16")
-    if cfg.text_policy not in TEXT_POLICIES:
-        raise ConfigError(f"text_policy: {cfg.text_policy!r} is not one of {TEXT_POLICIES}")
-    if cfg.text_check_every < 1:
-        raise ConfigError("text_check_every must be >= 1")
-    if cfg.shard_max_samples < 1:
-        raise ConfigError("shard_max_samples must be >= 1")
+def validate(cfg: BuildConfig, src: Source | None = None) -> BuildConfig:
+    """The checks that span fields (types, ranges and allowed values are checked by the
+    dataclasses themselves): group rules and their arguments, unique dataset names."""
+    src = src or Source()
+    problems = []
     names = set()
     for i, ds in enumerate(cfg.datasets):
-        where = f"datasets[{i}] ({ds.name})"
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", ds.name or ""):
-            raise ConfigError(f"{where}: name must be letters, digits, '_', '-', '.'")
+        at = ("datasets", i)
         if ds.name in names:
-            raise ConfigError(f"{where}: duplicate dataset name")
+            problems.append(f"{src.where((*at, 'name'))}: duplicate dataset name {ds.name!r}")
         names.add(ds.name)
-        if ds.format not in FORMATS:
-            raise ConfigError(f"{where}: format {ds.format!r} is not one of {FORMATS}")
-        if ds.group.rule not in GROUP_RULES:
-            raise ConfigError(f"{where}: group.rule {ds.group.rule!r} is not one of {GROUP_RULES}")
-        if ds.group.rule == "regex":
-            if not ds.group.pattern:
-                raise ConfigError(f"{where}: group.rule regex needs group.pattern")
-            try:
-                if re.compile(ds.group.pattern).groups < 1:
-                    raise ConfigError(f"{where}: group.pattern needs one capture group")
-            except re.error as e:
-                raise ConfigError(f"{where}: group.pattern does not compile: {e}") from None
-        if ds.group.rule == "csv" and not ds.group.csv:
-            raise ConfigError(f"{where}: group.rule csv needs group.csv")
-        if ds.text_policy is not None and ds.text_policy not in TEXT_POLICIES:
-            raise ConfigError(f"{where}: text_policy {ds.text_policy!r} is not one of {TEXT_POLICIES}")
-        if ds.frame_stride < 1 or ds.slice_stride < 1:
-            raise ConfigError(f"{where}: frame_stride and slice_stride must be >= 1")
-        if any(a not in (0, 1, 2) for a in ds.volume_axes) or not ds.volume_axes:
-            raise ConfigError(f"{where}: volume_axes must be a non-empty subset of [0, 1, 2]")
+        g = ds.group
+        if g.rule == "regex":
+            if not g.pattern:
+                problems.append(f"{src.where((*at, 'group'))}: rule regex needs group.pattern")
+            else:
+                try:
+                    if re.compile(g.pattern).groups < 1:
+                        problems.append(f"{src.where((*at, 'group', 'pattern'))}: {g.pattern!r} needs one "
+                                        "capture group (the patient/study id)")
+                except re.error as e:
+                    problems.append(f"{src.where((*at, 'group', 'pattern'))}: does not compile: {e}")
+        if g.rule == "csv" and not g.csv:
+            problems.append(f"{src.where((*at, 'group'))}: rule csv needs group.csv")
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> BuildConfig:
-    """Reads a YAML config (or none) and applies ``overrides`` (CLI flags). Raises ConfigError."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+    """Reads a YAML config (or none) and applies ``overrides`` (CLI flags; None: not given).
+    Raises ConfigError, naming the file, line and key of each problem, before any work."""
+    data, src = ({}, Source("config")) if path is None else load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
     data = dict(data)
-    datasets = data.pop("datasets", []) or []
-    if not isinstance(datasets, list):
-        raise ConfigError("datasets: must be a list")
-    cfg = _build(BuildConfig, data, str(path or "config"))
-    cfg.datasets = [_dataset_from_dict(d, i) for i, d in enumerate(datasets)]
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            setattr(cfg, k, v)
+    if data.get("datasets") is None:
+        data.pop("datasets", None)
+    for d in data.get("datasets") or []:
+        if isinstance(d, dict) and isinstance(d.get("group"), str):  # shorthand `group: parent`
+            d["group"] = {"rule": d["group"]}
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    src.lines = {loc: n for loc, n in src.lines.items() if loc[0] not in flags}
+    src.rest = "command line"
+    cfg = from_dict(BuildConfig, {**data, **flags}, src)
     if path is not None:  # relative roots are relative to the config file
         base = Path(path).resolve().parent
         for ds in cfg.datasets:
@@ -202,7 +167,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
                 ds.root = str(base / ds.root)
             if ds.group.csv and not Path(ds.group.csv).is_absolute():
                 ds.group.csv = str(base / ds.group.csv)
-    return validate(cfg)
+    return validate(cfg, src)
 
 
 ANATOMY_WORDS = ("breast", "thyroid", "cardiac", "echo", "liver", "kidney", "fetal", "ovary", "lung",

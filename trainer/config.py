@@ -1,12 +1,18 @@
-"""Trainer configuration as a dataclass; the command line is generated from its fields, and the
-resolved config is saved with every run and checkpoint."""
+"""Trainer configuration as a :mod:`runconfig` dataclass: the command line is generated from its
+fields (``--config run.yaml`` replays a saved run), and the resolved config is saved with every
+run (``config.json``, ``config.yaml``) and checkpoint."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict
+from typing import Literal
+
+from runconfig import add_arguments, config, parse
+from trainer.kernels import ATTENTION
+from trainer.precision import PRECISIONS
 
 
-@dataclass
+@config
 class TrainConfig:
     data: str = ""  # shard dir (with manifest.json)
     model: str = "mae_vit_base_patch16"
@@ -23,20 +29,20 @@ class TrainConfig:
     norm_pix_loss: bool = False
     img_size: int = 224
     in_chans: int = 1
-    loader: str = "dali"  # dali | torch
-    data_device: str = "auto"  # cpu | gpu | auto (DALI decode device)
+    loader: Literal["dali", "torch", "fixed"] = "dali"  # dali_pipes.build_pretrain_loader kinds
+    data_device: Literal["cpu", "gpu", "auto"] = "auto"  # DALI decode device
     workers: int | None = None  # DALI threads / DataLoader workers per rank; default: cores per local rank
     threads: int | None = None  # torch intra-op threads per rank; default: cores per local rank
     seed: int = 0
-    precision: str = "auto"  # auto (bf16 where the device runs it natively, else fp32) | bf16 | fp32
-    zero_stage: int | None = None  # overrides the DeepSpeed config's stage
+    precision: Literal[PRECISIONS] = "auto"  # auto: bf16 where the device runs it natively, else fp32
+    zero_stage: Literal[0, 1, 2, 3] | None = None  # overrides the DeepSpeed config's stage
     log_every: int = 10
     save_every: int = 0  # steps; 0: only at the end
     keep_last: int = 2
     resume: str | None = None  # "auto": latest checkpoint in output_dir
     init: str | None = None  # facebookresearch/mae checkpoint (.pth, loaded weights_only)
     fused: bool = True  # fused optimizer + SDPA; --no-fused is the benchmark baseline
-    attention: str = "auto"  # auto (SDPA on CUDA, eager on CPU: measured faster there) | sdpa | eager
+    attention: Literal[ATTENTION] = "auto"  # auto (SDPA on CUDA, eager on CPU: measured faster there)
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False
     max_nonfinite: int = 5  # abort after this many non-finite losses in a row
@@ -46,24 +52,19 @@ class TrainConfig:
     local_rank: int = -1  # set by the deepspeed launcher
 
 
-def parse_args(argv=None) -> TrainConfig:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MAE pretraining under DeepSpeed")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = None if f.default is MISSING else f.default
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
-            p.add_argument(flag, dest=f.name, type=typ, default=default)
-    p.add_argument("--local_rank", dest="local_rank", type=int, default=-1)  # launcher spelling
+    # the deepspeed launcher passes --local_rank=N, --deepspeed and --deepspeed_config (underscores)
+    add_arguments(p, TrainConfig, flags={
+        "local_rank": {"names": ["--local-rank", "--local_rank"]},
+        "deepspeed_config": {"names": ["--deepspeed-config", "--deepspeed_config"]}})
     p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--deepspeed_config", dest="deepspeed_config", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    d = {f.name: getattr(a, f.name) for f in fields(TrainConfig)}
-    if a.deepspeed_config:
-        d["deepspeed_config"] = a.deepspeed_config
-    return TrainConfig(**d)
+    return p
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """The command line (``--config FILE`` and flags) -> TrainConfig; raises runconfig.ConfigError."""
+    return parse(build_parser(), TrainConfig, argv)[0]
 
 
 def to_dict(cfg: TrainConfig) -> dict:

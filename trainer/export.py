@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from runconfig import add_arguments, config, parse
+
 from .weights import Weights, build_mae, read_weights, run_manifest
 
 EVAL_CROP_PCT = 0.875  # the fine-tune runner's eval view: resize to img / 0.875, centre crop
@@ -178,13 +180,18 @@ def load_mae_from_checkpoint(ckpt_dir: str | Path):
     return build_mae(read_weights(ckpt_dir))[0]
 
 
+@config
+class ExportConfig:
+    checkpoint: str  # training checkpoint / run dir, or any weights file trainer.weights reads
+    out: str  # the timm model folder to write
+    license: str | None = None  # for config.json and the card; default: the datasets' common one, else other
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="training checkpoint / run dir, or any weights file trainer.weights reads")
-    p.add_argument("out")
-    p.add_argument("--license", default=None, help="licence id for config.json and the card "
-                   "(default: the datasets' common licence, else 'other')")
-    a = p.parse_args(argv)
+    add_arguments(p, ExportConfig, flags={"checkpoint": {"positional": True}, "out": {"positional": True}},
+                  config_file=False)
+    a = parse(p, ExportConfig, argv)[0]
     out = export_from_checkpoint(a.checkpoint, a.out, license=a.license)
     print(f"exported encoder to {out} (timm: create_model('local-dir:{out}', pretrained=True))")
     return 0
