@@ -47,7 +47,7 @@ from tqdm import tqdm
 from . import __version__
 from .config import BuildConfig, DatasetSpec
 from .curate import CurateOptions
-from .dedup import NearDupIndex, phash_hex
+from .dedup import FirstSeen, NearDupIndex, phash_hex
 from .frame_step import FrameRejected, FrameStep, Sample
 from .frames import InputRejected, ReaderOptions
 from .keys import order_key, salted_hex, unit_interval
@@ -404,8 +404,7 @@ def dedup_and_split(cfg: BuildConfig, work: Path):
     counts: dict[str, Counter] = defaultdict(Counter)
     hold_exact: dict[str, str] = {}
     hold_near = NearDupIndex(cfg.holdout_leak_max_dist)
-    seen_exact: dict[str, str] = {}
-    seen_near = NearDupIndex(cfg.near_max_dist)
+    seen = FirstSeen(cfg.dedup_exact, cfg.near_max_dist if cfg.dedup_near else None)
     survivors: list[_Survivor] = []
     used: set[int] = set()  # input indices with at least one frame written or deduplicated
     stats = np.zeros(3)  # sum, sumsq, n over written pretraining pixels (0..1 scale)
@@ -444,16 +443,10 @@ def dedup_and_split(cfg: BuildConfig, work: Path):
                 if hit is not None:  # (key, Hamming distance): the distance is audit evidence
                     drop(r, hit[0], "holdout_leak", hit[1])
                     continue
-            if cfg.dedup_exact and r["xh"] in seen_exact:
-                drop(r, seen_exact[r["xh"]], "exact", 0)
+            hit = seen.check(r["key"], r["xh"], r["ph"])
+            if hit is not None:  # (kept key, "exact" | "near", Hamming distance)
+                drop(r, *hit)
                 continue
-            if cfg.dedup_near:
-                hit = seen_near.nearest(r["ph"])
-                if hit is not None:
-                    drop(r, hit[0], "near", hit[1])
-                    continue
-                seen_near.add(r["ph"], r["key"])
-            seen_exact[r["xh"]] = r["key"]
             split = "val" if unit_interval(cfg.seed, "split", ds, r["meta"]["group"]) < cfg.val_fraction \
                 else "train"
             keep(w, r, split)

@@ -5,8 +5,8 @@
   hashing, no all-pairs comparison).
 
 Hashing is per frame and parallel (workers); the decision is sequential and order-dependent:
-:func:`dedup_stream` keeps the first frame it sees of each group, so the caller fixes the outcome
-by the order it feeds (e.g. sorted by dataset, source and frame index).
+:class:`FirstSeen` keeps the first frame it sees of each group, so the caller fixes the outcome
+by the order it feeds (the build: input order, sorted by dataset, source and frame index).
 
 ``DEFAULT_MAX_DIST`` = 4 was chosen from measurement on synthetic curated frames (fan, depth
 gain, 3-6 ellipses some anechoic, correlated speckle; generator in tests/test_dedup.py). Share of
@@ -185,34 +185,44 @@ class NearDupIndex:
             bucket.append(i)
 
 
+class FirstSeen:
+    """Exact and near-duplicate decisions in feeding order: the first frame seen of each group is
+    kept, later ones name it. Duplicates are not indexed, so the frame a duplicate names is always
+    a KEPT one, and a slow cine keeps one frame each time the view has drifted more than max_dist
+    from the last kept one, instead of collapsing onto its first frame through a chain of small
+    steps. exact: compare pixel hashes; max_dist: the pHash Hamming threshold (None: exact only).
+    """
+
+    def __init__(self, exact: bool = True, max_dist: int | None = DEFAULT_MAX_DIST):
+        self.exact = exact
+        self._exact: dict[str, str] = {}
+        self._near = NearDupIndex(max_dist) if max_dist is not None else None
+
+    def check(self, key: str, xh: str, ph: int) -> tuple[str, str, int] | None:
+        """(kept key, ``"exact"`` | ``"near"``, Hamming distance) when the frame with pixel hash
+        ``xh`` and pHash ``ph`` duplicates a kept frame (the closest one, for near); else None,
+        and the frame is kept under ``key``."""
+        if self.exact and xh in self._exact:
+            return self._exact[xh], "exact", 0
+        if self._near is not None:
+            hit = self._near.nearest(ph)
+            if hit is not None:
+                return hit[0], "near", hit[1]
+            self._near.add(ph, key)
+        self._exact[xh] = key
+        return None
+
+
 def dedup_stream(
     records: Iterable[tuple[str, str, int]], max_dist: int | None = DEFAULT_MAX_DIST
 ) -> Iterator[tuple[str, str | None, str | None]]:
-    """Decide, in order, which records are duplicates of an earlier kept record.
-
-    records: (key, pixel_hash, phash64) per frame. Yields (key, dup_of, kind) for each record in
-    input order: (key, None, None) for a frame to keep; (key, kept_key, "exact") when its pixels
-    equal a kept frame's; (key, kept_key, "near") when its phash is within max_dist of a kept
-    frame's (the closest; max_dist=None: exact only). First seen wins, and ``dup_of`` always names a
-    KEPT frame: duplicates are not added to the indexes, so a slow cine keeps one frame each time
-    the view has drifted more than max_dist from the last kept one, instead of collapsing entirely
-    onto its first frame through a chain of small steps.
-    """
-    exact: dict[str, str] = {}
-    near = NearDupIndex(max_dist) if max_dist is not None else None
-    for key, ph, h in records:
-        first = exact.get(ph)
-        if first is not None:
-            yield key, first, "exact"
-            continue
-        if near is not None:
-            other = near.query(h)
-            if other is not None:
-                yield key, other, "near"
-                continue
-            near.add(h, key)
-        exact[ph] = key
-        yield key, None, None
+    """:class:`FirstSeen` over a stream. records: (key, pixel_hash, phash64) per frame. Yields, in
+    input order, (key, None, None) for a frame to keep, (key, kept_key, "exact" | "near") for a
+    duplicate (max_dist=None: exact only)."""
+    seen = FirstSeen(max_dist=max_dist)
+    for key, xh, ph in records:
+        hit = seen.check(key, xh, ph)
+        yield (key, None, None) if hit is None else (key, hit[0], hit[1])
 
 
 def frame_hashes(img: np.ndarray) -> tuple[str, int]:

@@ -294,3 +294,52 @@ def test_kill_during_extraction_resumes_and_worker_count_does_not_matter(demo_ra
     assert "29 of" in caplog.text  # resumed after the 29 finished inputs
     for f in sorted((tmp_path / "clean").iterdir()):
         assert f.read_bytes() == (tmp_path / "killed" / f.name).read_bytes(), f.name
+
+
+def test_frame_step_is_the_build_chain_and_times_each_stage(tmp_path):
+    """The benchmark's per-stage timings come from the build's own step: a StageClock sees every
+    stage, and each Sample carries the encoded bytes, hashes and sums of its curated image."""
+    from phantom import render_frame
+    from sharder.dedup import phash64, pixel_hash
+    from sharder.frame_step import STAGES, FrameStep, Sample, StageClock, pixel_sums
+    from sharder.frames import ReaderOptions
+
+    path = tmp_path / "f.png"
+    img = render_frame(np.random.default_rng(0), probe="sector", anatomy="liver", scene_seed=1, banner="X")
+    cv2.imwrite(str(path), img)
+    clock = StageClock()
+    step = FrameStep("image", CurateOptions(), codec="png", clock=clock)
+    (smp,) = step.samples(path, ReaderOptions())
+    assert isinstance(smp, Sample) and step.frames == 1 and step.gate.counts["checked"] == 0  # gate off
+    assert np.array_equal(smp.cur.image, curate(img, CurateOptions()).image)
+    assert np.array_equal(decode(smp.data, "png"), smp.cur.image)
+    assert (smp.xh, smp.ph, smp.sums) == (pixel_hash(smp.cur.image), phash64(smp.cur.image),
+                                          pixel_sums(smp.cur.image))
+    assert all(clock.seconds[k] > 0 for k in STAGES)
+
+
+def test_account_reports_every_input_once():
+    """manifest.account: an input is used, rejected or unaccounted (a bug), per dataset and in
+    total; frames are written + duplicates + rejected frames; the text gate sums per dataset."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from sharder.manifest import account, accounting_line
+
+    spec = lambda name, **kw: SimpleNamespace(name=name, anatomy="liver", holdout=False,  # noqa: E731
+                                              text_policy=None, **kw)
+    cfg = SimpleNamespace(datasets=[spec("a"), spec("b")], text_policy="reject")
+    inputs = [(0, 0, "x.png"), (1, 0, "y.png"), (2, 1, "z.dcm"), (3, 1, "w.dcm")]
+    rejects = [{"dataset": "a", "path": "y.png", "scope": "input", "reason": "truncated"},
+               {"dataset": "b", "path": "z.dcm", "scope": "frame", "reason": "text_found"}]
+    gate = [{"dataset": "b", "checked": 3, "found": 1, "cleaned": 0, "ms": 30.0}]
+    counts = {"a": Counter(written=2), "b": Counter(written=4, duplicates=1)}
+    datasets, totals = account(cfg, inputs, {0, 2}, counts, rejects, gate, missing=[])
+    assert datasets["a"]["inputs_used"] == 1 and datasets["a"]["rejected_inputs"] == 1
+    assert datasets["b"]["inputs_unaccounted"] == 1  # w.dcm: neither used nor reported
+    assert datasets["b"]["frames"] == 4 + 1 + 1 and datasets["b"]["rejected"] == 1
+    assert datasets["b"]["text_gate"] == {"policy": "reject", "checked": 3, "found": 1, "cleaned": 0,
+                                          "rejected": 1, "ms_per_frame": 10.0}
+    assert totals["inputs"] == 4 and totals["inputs_unaccounted"] == 1 and totals["frames"] == 2 + 6
+    assert totals["rejected_by_reason"] == {"text_found": 1, "truncated": 1}
+    assert "rejected inputs 1 (reasons: text_found 1, truncated 1)" in accounting_line(totals)
