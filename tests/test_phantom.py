@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import time
 from collections import defaultdict
@@ -373,3 +374,36 @@ def test_downstream_task(tmp_path):
     assert set(rows_of.values()) == {per}  # every view of a patient shares its group id
     class_means = [float(np.mean(v)) for v in means.values()]
     assert max(class_means) - min(class_means) < 1.0  # mean brightness gives nothing away
+
+
+# ------------------------------------------------------------------------------- package boundary
+def _import_time_modules(tree: ast.Module):
+    """Top-level module names imported when a module is imported (not inside functions)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Import):
+            yield from (a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def test_product_packages_import_the_phantom_only_lazily():
+    """The phantom is demo/test data, not product code: no product module imports it at import
+    time (``usf-shard demo`` imports it inside the command)."""
+    root = Path(__file__).resolve().parents[1]
+    files = [p for pkg in ("sharder", "dali_pipes", "trainer", "finetune") for p in (root / pkg).rglob("*.py")]
+    assert len(files) > 20
+    offenders = [
+        str(p.relative_to(root))
+        for p in files
+        if "phantom" in set(_import_time_modules(ast.parse(p.read_text(), str(p))))
+    ]
+    assert offenders == []
+    cli = ast.parse((root / "sharder" / "cli.py").read_text())
+    lazily = {n.module for n in ast.walk(cli) if isinstance(n, ast.ImportFrom)}
+    assert "phantom" in lazily  # the scan sees the lazy import, and leaves it alone
