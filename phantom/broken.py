@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -9,10 +10,11 @@ import numpy as np
 
 from .dicom import _dicom
 from .geometry import probe_geometry
+from .patients import _Patient
 from .render import render_frame
 
 
-def _write_broken(root: Path, seed: int, pats) -> dict:
+def _write_broken(root: Path, seed: int, pats: Iterator[_Patient]) -> dict:
     """Inputs a robust reader must reject (and never crash on)."""
     from pydicom.uid import ExplicitVRLittleEndian
 

@@ -3,6 +3,7 @@ RGB Doppler, RLE Lossless), a JPEG 2000 still and a cross-dataset duplicate, wit
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,12 @@ def _cine(seed_parts, pat: _Patient, n: int, h: int, w: int, doppler: bool) -> n
 
 
 def _write_cardiac(
-    root: Path, seed: int, pats, counts: tuple[int, int, int], xdup: np.ndarray, xdup_pat: _Patient
+    root: Path,
+    seed: int,
+    pats: Iterator[_Patient],
+    counts: tuple[int, int, int],
+    xdup: np.ndarray,
+    xdup_pat: _Patient,
 ) -> dict:
     """Multi-frame DICOM cine loops (``counts``: how many mono, RGB Doppler, RLE), a J2K still, and
     ``xdup`` (also a PNG of ``xdup_pat`` in kidney_mixed/) as a cross-dataset duplicate."""

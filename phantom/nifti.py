@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .geometry import probe_geometry
 from .lesion import _random_lesion
+from .patients import _Patient
 from .render import render_frame
 
 
-def _write_liver(root: Path, seed: int, pats, n_gz: int) -> dict:
+def _write_liver(root: Path, seed: int, pats: Iterator[_Patient], n_gz: int) -> dict:
     """NIfTI volumes (H, W, S) uint8, ``n_gz`` gzipped and one plain: an elevational sweep through the
     liver, slice k = vol[:, :, k]."""
     import nibabel as nib

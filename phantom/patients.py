@@ -3,6 +3,7 @@ banners, folder names and DICOM tags: they are the PHI the sharder must never ca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ class _Patient:
 _INSTITUTIONS = ("ST ELSEWHERE HOSPITAL", "GENERAL INFIRMARY", "CITY WOMENS CLINIC", "NORTH IMAGING CTR")
 
 
-def _patients(patient_name: str, seed: int):
+def _patients(patient_name: str, seed: int) -> Iterator[_Patient]:
     """Endless stream of patients DEMO^PATIENT_001, _002, ... (deterministic from ``seed``)."""
     i = 0
     while True:

@@ -3,6 +3,7 @@ with PNG twins (near-duplicates) and one BMP and TIFF, kidney PNGs (one also exp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -41,7 +42,7 @@ def _still(
                         banner=banner, calipers=calipers, doppler=doppler, scene_seed=pat.seed * 10 + j)
 
 
-def _write_breast(root: Path, seed: int, pats, n_pat: int) -> dict:
+def _write_breast(root: Path, seed: int, pats: Iterator[_Patient], n_pat: int) -> dict:
     """PNG stills in per-patient folders: mostly 8-bit gray, some 16-bit, some RGB Doppler."""
     files, k, bit16, rgb = 0, 0, 0, 0
     for _ in range(n_pat):
@@ -67,7 +68,7 @@ def _write_breast(root: Path, seed: int, pats, n_pat: int) -> dict:
             "png16": bit16, "rgb": rgb}
 
 
-def _write_thyroid(root: Path, seed: int, pats, n_pat: int) -> dict:
+def _write_thyroid(root: Path, seed: int, pats: Iterator[_Patient], n_pat: int) -> dict:
     """JPEG stills; a few also saved as PNG (same pixels: near-duplicates), one BMP, one TIFF."""
     files, pairs = 0, []
     pat = None
@@ -105,7 +106,9 @@ def _kidney_still(seed: int, pat: _Patient, j: int, size: tuple[int, int] = (480
     return _still(rng, pat, j, size, "curved", "kidney", lesion, banner, lesion is not None)
 
 
-def _write_kidney(root: Path, seed: int, pats, n_pat: int, first: np.ndarray, first_pat: _Patient) -> dict:
+def _write_kidney(
+    root: Path, seed: int, pats: Iterator[_Patient], n_pat: int, first: np.ndarray, first_pat: _Patient
+) -> dict:
     """A few PNG stills of another anatomy; the first one is also in cardiac_dicom/ as DICOM."""
     files = 0
     for p in range(n_pat):

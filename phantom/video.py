@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .patients import _Patient
 from .render import render_frame
 
 
-def _write_fetal(root: Path, seed: int, pats, n_videos: int) -> dict:
+def _write_fetal(root: Path, seed: int, pats: Iterator[_Patient], n_videos: int) -> dict:
     """MP4 cine sweeps (H.264 if the PyAV build has libx264, else MPEG-4 part 2)."""
     import av
 
