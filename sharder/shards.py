@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
@@ -107,6 +106,3 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     if key is not None:
         yield key, members
 
-
-def sample_meta(members: dict[str, bytes]) -> dict:
-    return json.loads(members["json"])
