@@ -27,13 +27,16 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from runconfig import add_arguments, config, parse  # noqa: E402
 from trainer.model import MaskedAutoencoderViT, config_for  # noqa: E402
 from trainer.param_groups import weight_decay_groups  # noqa: E402
+from trainer.precision import PRECISIONS, resolve_precision, torch_dtype  # noqa: E402
 
 
 def make_adamw(groups: list[dict], lr: float) -> tuple[torch.optim.Optimizer, str]:
@@ -70,16 +73,19 @@ def reference_step(model_name: str, batch_size: int, device: torch.device, dtype
     return step, f"facebookresearch/mae plain loop: {kernel}, SDPA attention, .item() per step"
 
 
-def main(argv=None) -> int:
-    from trainer.precision import resolve_precision, torch_dtype
+@config
+class ReferenceConfig:
+    model: str = "mae_vit_small_patch16"
+    img_size: int | None = None  # default: the model's
+    batch_size: int = 32
+    steps: int = 4  # timed steps, after 2 untimed ones
+    precision: Literal[PRECISIONS] = "auto"
 
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mae_vit_small_patch16")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    a = p.parse_args(argv)
+    add_arguments(p, ReferenceConfig)
+    a = parse(p, ReferenceConfig, argv)[0]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prec, why = resolve_precision(a.precision, dev)
     step, desc = reference_step(a.model, a.batch_size, dev, torch_dtype(prec), a.img_size)

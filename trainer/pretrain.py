@@ -28,6 +28,7 @@ setup_env()
 
 import torch  # noqa: E402
 
+from runconfig import save_yaml  # noqa: E402
 from trainer.checkpoint import CheckpointManager, rank_fingerprint  # noqa: E402
 from trainer.config import TrainConfig, parse_args, to_dict  # noqa: E402
 from trainer.engine import build_ds_config, build_engine, micro_batch, read_ds_json  # noqa: E402
@@ -299,8 +300,10 @@ class Trainer:
 
     def write_run_config(self) -> None:
         """``config.json`` (rank 0): the resolved config, model, DeepSpeed config, lr, what was
-        requested, and why precision and threads are what they are."""
+        requested, and why precision and threads are what they are; ``config.yaml``: the resolved
+        TrainConfig alone, which ``--config config.yaml`` replays."""
         if self.rank == 0:
+            save_yaml(self.cfg, self.out / "config.yaml")
             (self.out / "config.json").write_text(json.dumps({
                 "train": to_dict(self.cfg), "model": self.model.config_dict(), "deepspeed": self.ds_config,
                 "lr": self.lr, "requested": self.requested,
