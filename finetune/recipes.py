@@ -25,7 +25,6 @@ Sources, as read (search tool, stored copies):
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 from collections.abc import Sequence
@@ -175,46 +174,11 @@ def apply_recipe(cfg, name: str, explicit: Sequence[str] = ()):
     out.recipe = name
     if r.unpublished:
         log.warning("recipe %s: %d setting(s) are not published by its source (%s); they keep this run's "
-                    "values", name, len(r.unpublished), r.sources.get("*", "see trainer/recipes.py"))
+                    "values", name, len(r.unpublished), r.sources.get("*", "see finetune/recipes.py"))
     return out
 
 
 # ---------------------------------------------------------------------------- command line
-
-def add_cli_args(parser: argparse.ArgumentParser, defaults) -> None:
-    """``--recipe`` and the augmentation knobs the fine-tune CLI lacked (``defaults``: a
-    FinetuneConfig, for the help text)."""
-    from dali_pipes.timm_aug import INTERPOLATIONS, RE_MODES
-
-    d = defaults
-    a = parser.add_argument
-    a("--recipe", default=d.recipe, choices=list(RECIPES),
-      help="preset filling every knob below it names (trainer/recipes.py); options given explicitly win")
-    a("--aug", default=d.aug, choices=["torchvision", "timm"],
-      help="train transform: the project's torchvision pipeline, or timm create_transform (MAE recipe)")
-    a("--randaug", dest="auto_augment", default=d.auto_augment, metavar="TIMM_STRING",
-      help="--aug timm: timm RandAugment string, e.g. rand-m9-mstd0.5-inc1; 'none' disables")
-    a("--randaug-ops", type=int, default=d.randaug_ops, help="--aug torchvision: RandAugment num_ops (0: off)")
-    a("--randaug-magnitude", type=int, default=d.randaug_magnitude,
-      help="--aug torchvision: RandAugment magnitude (of 31 bins)")
-    a("--interpolation", default=d.interpolation, choices=list(INTERPOLATIONS),
-      help="--aug timm: random-resized-crop and eval resize interpolation")
-    a("--re-mode", default=d.re_mode, choices=list(RE_MODES), help="--aug timm: random erasing fill")
-    a("--re-count", type=int, default=d.re_count, help="--aug timm: random erasing boxes per image")
-    a("--hflip", type=float, default=d.hflip, help="--aug timm: horizontal flip probability")
-    a("--rotate-deg", type=float, default=d.rotate_deg, help="--aug torchvision: rotation range ± degrees (0: off)")
-    a("--crop-pct", type=float, default=d.crop_pct, help="eval: resize to img_size / crop_pct, centre-crop img_size")
-
-
-def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """Destinations of the options actually given in ``argv`` (not their defaults), found by
-    parsing again with every default suppressed."""
-    quiet = copy.deepcopy(parser)
-    for action in quiet._actions:
-        action.default = argparse.SUPPRESS
-        action.required = False
-    return set(vars(quiet.parse_args(argv)))
-
 
 def normalise_randaug(value: str | None) -> str | None:
     """CLI 'none' / '' -> None (no RandAugment)."""
@@ -237,5 +201,5 @@ def recipe_table_markdown(names: Sequence[str] = ("project", "mae_vit_b", "mae_v
     return "\n".join(rows)
 
 
-__all__ = ["KNOBS", "MAE_RANDAUG", "RECIPES", "Recipe", "add_cli_args", "apply_recipe", "explicit_dests",
-           "get_recipe", "normalise_randaug", "recipe_table_markdown"]
+__all__ = ["KNOBS", "MAE_RANDAUG", "RECIPES", "Recipe", "apply_recipe", "get_recipe", "normalise_randaug",
+           "recipe_table_markdown"]
