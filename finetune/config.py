@@ -26,7 +26,7 @@ class FinetuneConfig:
     """Everything a run needs; ``None`` fields are resolved from the task, the encoder config or
     the mode (fine-tune vs linear probe) and saved resolved in ``config.json``."""
 
-    task: Literal[(*TASKS, "memory")] = "folder"  # memory: records given in Python (finetune.runner.finetune)
+    task: Literal[(*TASKS, "memory")] = "folder"  # memory: records given in Python (the finetune() API)
     data_root: str | None = None  # the unzipped data set (or its parent); folder task: class dirs or a CSV
     init: str | None = None  # export dir | training checkpoint dir | none (random init)
     output_dir: str | None = None  # None: write nothing (Python API)
@@ -102,7 +102,7 @@ class FinetuneConfig:
 # the command line differs from the Python API in these: "memory" needs records in Python,
 # the paths are required, the channel count of a baseline is 1 or 3, a checkpoint every epoch
 CLI_FLAGS = {
-    "task": {"required": True, "choices": list(TASKS)},
+    "task": {"required": True, "choices": list(TASKS), "default": None, "help": "the downstream task"},
     "data_root": {"required": True},
     "output_dir": {"required": True},
     "in_chans": {"choices": [1, 3]},
