@@ -1,15 +1,18 @@
-"""Data pipelines: DALI (GPU, or CPU with ``device_id=None``) and a PyTorch baseline, both
-behind the loader contract of design §2."""
+"""Data pipelines: DALI (GPU, or CPU with ``device_id=None``) and a PyTorch baseline, for
+pretraining (``pretrain``, ``torch_loader``, ``fixed``) and fine-tuning (``finetune``,
+``finetune_torch``), every loader behind the one contract of ``loader`` (design §2)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from .loader import Loader
 from .options import PretrainOptions
 
 
 def build_pretrain_loader(data: str | Path, opts: PretrainOptions, rank: int = 0, world_size: int = 1,
-                          kind: str = "dali", return_keys: bool = False):
-    """``kind`` "dali", "torch" or "fixed" (deterministic debugging batches); all yield ``{"image": Tensor[B, C, H, W]}``."""
+                          kind: str = "dali", return_keys: bool = False) -> Loader:
+    """``kind`` "dali", "torch" or "fixed" (deterministic debugging batches); all yield
+    :class:`~dali_pipes.loader.PretrainBatch` ``{"image": Tensor[B, C, H, W]}``."""
     if kind == "dali":
         from .pretrain import DaliPretrainLoader
 
@@ -25,4 +28,4 @@ def build_pretrain_loader(data: str | Path, opts: PretrainOptions, rank: int = 0
     raise ValueError(f"unknown loader {kind!r} (dali | torch | fixed)")
 
 
-__all__ = ["PretrainOptions", "build_pretrain_loader"]
+__all__ = ["Loader", "PretrainOptions", "build_pretrain_loader"]

@@ -17,7 +17,8 @@ timm string's closest DALI form and random erasing fills with per-pixel noise
 It is the DALI twin of ``dali_pipes.finetune_torch`` (same :class:`TransformConfig`, same
 ``build_finetune_loader`` keywords, same epoch semantics):
 
-* **Epochs are explicit file orders.** Each epoch's order is drawn in Python from
+* **Epochs are explicit file orders.** Each epoch's order is drawn in Python
+  (``dali_pipes.finetune_plan``, shared with the torch loader) from
   ``np.random.default_rng((seed, epoch))``: a permutation (train), the records in order (eval), or
   — with ``sample_weights`` (class-balanced sampling) — ``len(records)`` draws with replacement
   proportional to the weights. The reader gets that list with ``random_shuffle=False`` and
@@ -58,7 +59,11 @@ import numpy as np
 import torch
 
 from sharder.intensity import eight_bit_files
+from sharder.readers.detect import HEAD_BYTES
+from sharder.readers.detect import image_format as sniff_image_format
 
+from .finetune_plan import check_rank, eval_plan, global_order, train_plan, train_steps
+from .loader import EpochCounter, check_state
 from .pretrain import _to_torch, resolve_device
 from .randaug import parse_timm_randaug, random_erase
 from .randaug import rand_augment as timm_rand_augment
@@ -132,85 +137,19 @@ class FinetuneOptions:
             raise ValueError(f"unknown augmentation {self.aug!r} (torchvision or timm)")
 
 
-# ---------------------------------------------------------------------------- sample plan (both loaders)
-# The torch loader (dali_pipes.finetune_torch) uses these too, so the two loaders read the same
-# records in the same order on every rank.
-
-def global_order(n: int, *, seed: int, epoch: int, shuffle: bool, weights: np.ndarray | None = None) -> np.ndarray:
-    """Record indices of one epoch over all ranks, a function of (seed, epoch) only: ``n`` draws
-    with replacement in proportion to ``weights`` (class-balanced sampling), a permutation
-    (``shuffle``), or ``0..n-1``."""
-    if weights is None and not shuffle:
-        return np.arange(n)
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch, 0x5EED])
-    if weights is not None:
-        return rng.choice(n, size=n, replace=True, p=weights)
-    return rng.permutation(n)
-
-
-def train_steps(n: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
-    """Steps per epoch, the same on every rank: global batches of ``batch_size x world_size``,
-    the last partial one dropped (``drop_last``) or kept."""
-    g = batch_size * world_size
-    return n // g if drop_last else -(-n // g)
-
-
-def train_plan(order: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1,
-               drop_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's share of a training epoch: (record indices, their positions in the global order).
-
-    Global batch k is ``order[k*G:(k+1)*G]`` with ``G = batch_size * world_size``, and rank r
-    takes its r-th ``batch_size`` slice of it. So W ranks at batch b see exactly the global
-    batches one rank sees at batch W*b (DDP averages the per-rank mean gradients into the global
-    mean), and every rank runs :func:`train_steps` steps: never a rank waiting in an all-reduce
-    another rank will not enter. A partial last global batch (no ``drop_last``) is completed by
-    wrapping to the start of the order when W > 1, as ``DistributedSampler`` pads, so no rank
-    gets an empty or short batch; one rank keeps a short last batch. Positions (0.. in the global
-    order, padding continuing past n) seed each sample's augmentation, which therefore does not
-    depend on the rank count either."""
-    n = len(order)
-    steps = train_steps(n, batch_size, world_size, drop_last)
-    if world_size == 1:
-        pos = np.arange(min(n, steps * batch_size))
-    else:
-        pos = np.arange(steps * batch_size * world_size).reshape(steps, world_size, batch_size)[:, rank].reshape(-1)
-    return np.asarray(order)[pos % max(n, 1)], pos
-
-
-def eval_plan(n: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """This rank's records of an evaluation pass: a contiguous chunk, the chunks of ranks 0..W-1
-    concatenated being ``0..n-1`` — every record exactly once, no padding duplicates (sizes may
-    differ by one; a rank may get none). Evaluation runs no collective per batch, so uneven
-    counts cannot hang."""
-    return np.array_split(np.arange(n), world_size)[rank]
-
-
-def check_rank(rank: int, world_size: int) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
-
-
 # ---------------------------------------------------------------------------- file checks
 
-_MAGIC = (
-    (b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"), (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"), (b"\xffO\xffQ", "jpeg2000"),
-)
+# the still-image formats DALI's decoder reads (names of sharder.readers.image_format, the one
+# magic-byte table)
+DALI_IMAGE_FORMATS = ("jpeg", "png", "bmp", "tiff", "jpeg2000", "webp", "pnm")
 
 
 def image_format(path: str | Path) -> str | None:
     """The image format DALI's decoder would read ``path`` as, from its first bytes (None: not an
     image DALI decodes). Raises OSError when the file cannot be opened."""
     with open(path, "rb") as fh:
-        head = fh.read(16)
-    for magic, fmt in _MAGIC:
-        if head.startswith(magic):
-            return fmt
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
-        return "pnm"
-    return None
+        fmt = sniff_image_format(fh.read(HEAD_BYTES))
+    return fmt if fmt in DALI_IMAGE_FORMATS else None
 
 
 def check_image_files(paths: Sequence[str | Path]) -> None:
@@ -316,9 +255,9 @@ def build_finetune_pipeline(files: list[str], labels: list[int], opts: FinetuneO
 
 # ---------------------------------------------------------------------------- loader
 
-class DaliFinetuneLoader:
-    """Loader contract (design §2): ``__iter__`` (the rest of the current epoch), ``__len__``,
-    ``state_dict``, ``load_state_dict``, plus ``set_epoch`` like the torch loader.
+class DaliFinetuneLoader(EpochCounter):
+    """A :class:`~dali_pipes.loader.Loader` yielding :class:`~dali_pipes.loader.FinetuneBatch`,
+    plus ``set_epoch`` like the torch loader.
 
     records: objects with ``path`` and ``label`` (``finetune.tasks.Record``), all ranks' records.
     sample_weights: per-record weights; each epoch then draws ``len(records)`` records with
@@ -366,7 +305,6 @@ class DaliFinetuneLoader:
         if self.batches_per_epoch == 0 and not (self.static and self.epoch_len == 0):
             raise ValueError(f"{self.n} records < batch size {bs} x {world} rank(s) with drop_last")
         self.reader_batches = math.ceil(self.epoch_len / bs)  # batches of one padded reader pass
-        self.epoch, self.batch_in_epoch = 0, 0
         self._pipe = None
         self._order: np.ndarray | None = None
         self._ckpt: str | None = None
@@ -414,23 +352,19 @@ class DaliFinetuneLoader:
         else:
             self._pipe = None
         self._ckpt = None
-        self.epoch += 1
-        self.batch_in_epoch = 0
+
+    def _restart(self) -> None:
+        self._pipe, self._ckpt = None, None
 
     # -- contract
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Move to the start of ``epoch`` (the torch loader's hook; the runner calls it before each
-        training epoch). Asking for the current epoch keeps the position, so a loader restored
-        mid-epoch continues where it stopped."""
-        if epoch == self.epoch:
-            return
-        self.epoch, self.batch_in_epoch = int(epoch), 0
-        self._pipe, self._ckpt = None, None
-
     def __iter__(self):
+        # an eval loader (static order) keeps its epoch, as the torch loader does
+        return self._counted(self._batches(), next_epoch=not self.static)
+
+    def _batches(self):
         bs = self.opts.batch_size
         while self.batch_in_epoch < self.batches_per_epoch:
             img, label = self._run()
@@ -441,7 +375,6 @@ class DaliFinetuneLoader:
             lab = torch.from_numpy(np.array(label.as_tensor()).reshape(-1).astype(np.int64))[:valid]
             k0 = self.batch_in_epoch * bs
             index = torch.from_numpy(np.asarray(self._order[k0:k0 + valid], dtype=np.int64))
-            self.batch_in_epoch += 1
             yield {"image": image, "label": lab, "index": index}
         self._finish_epoch()
 
@@ -458,13 +391,8 @@ class DaliFinetuneLoader:
                 "dali_checkpoint": None if ck is None else base64.b64encode(ck.encode("latin1")).decode()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != "dali_finetune":
-            raise ValueError(f"loader state is from a {state.get('kind', 'torch')!r} loader, not dali_finetune")
-        mine = {"seed": self.opts.seed, "n": self.n, "batch_size": self.opts.batch_size,
-                "rank": self.opts.rank, "world_size": self.opts.world_size}
-        theirs = {k: state.get(k, 0 if k == "rank" else 1 if k == "world_size" else None) for k in mine}
-        if theirs != mine:
-            raise ValueError(f"loader state was saved with {theirs}, this loader has {mine}")
+        check_state(state, "dali_finetune", seed=self.opts.seed, n=self.n, batch_size=self.opts.batch_size,
+                    rank=self.opts.rank, world_size=self.opts.world_size)
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         ck = state.get("dali_checkpoint")
         self._ckpt = None if ck is None else base64.b64decode(ck).decode("latin1")
@@ -493,4 +421,4 @@ def build_finetune_loader(records: Sequence, *, train: bool, batch_size: int, tc
 
 
 __all__ = ["DaliFinetuneLoader", "FinetuneOptions", "build_finetune_loader", "build_finetune_pipeline",
-           "check_image_files", "eval_plan", "global_order", "image_format", "train_plan", "train_steps"]
+           "check_image_files", "image_format"]

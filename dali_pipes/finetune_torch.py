@@ -1,5 +1,6 @@
 """The PyTorch fine-tune loader: labelled images -> batches of the design's batch contract (§2)
-``{"image": FloatTensor[B, C, H, W], "label": LongTensor[B]}``.
+``{"image": FloatTensor[B, C, H, W], "label": LongTensor[B], "index": LongTensor[B]}``
+(:class:`dali_pipes.loader.FinetuneBatch`).
 
 Images are read as 8-bit grayscale (ultrasound is gray; colour overlays were never part of the
 signal) by the conversion the sharder and the DALI loader share (``sharder.intensity``: 16-bit
@@ -27,16 +28,17 @@ import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from dali_pipes.finetune import check_rank, eval_plan, global_order, train_plan, train_steps
 from sharder.intensity import gray_u8, read_gray_u8
-from dali_pipes.records import Record
+
+from .finetune_plan import check_rank, eval_plan, global_order, train_plan, train_steps
+from .loader import EpochCounter, check_state, expand_channels
+from .records import Record
 
 # Defaults when neither an encoder config nor the user gives pixel statistics: ImageNet's for
 # RGB (what timm checkpoints expect), their channel average for a single gray channel.
@@ -83,20 +85,6 @@ def channel_stats(values: Sequence[float] | float | None, in_chans: int, default
     raise ValueError(f"{len(vals)} normalisation values for {in_chans} channels")
 
 
-# ---------------------------------------------------------------------------- reading
-
-def to_gray_u8(arr: np.ndarray, what: str = "image") -> np.ndarray:
-    """Any decoded image array -> (H, W) uint8 gray, by the conversion the sharder and the DALI
-    loader share (:func:`sharder.intensity.gray_u8`): 16-bit / float / wide-int pixels through
-    the sharder's percentile window, colour (OpenCV's BGR(A) order) by BT.601 luma."""
-    return gray_u8(arr, order="bgr", what=what)[0]
-
-
-def read_gray(path: str | Path) -> np.ndarray:
-    """(H, W) uint8 gray from an image file; raises with the path if it cannot be decoded."""
-    return read_gray_u8(str(path))
-
-
 # ---------------------------------------------------------------------------- transforms
 
 def build_transform(cfg: TransformConfig, mode: str) -> v2.Compose:
@@ -140,7 +128,7 @@ class _ExpandChannels(torch.nn.Module):
         self.in_chans = in_chans
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.in_chans == 1 else x.expand(self.in_chans, -1, -1).contiguous()
+        return x if self.in_chans == 1 else expand_channels(x, self.in_chans).contiguous()
 
 
 # ---------------------------------------------------------------------------- dataset / sampler
@@ -163,7 +151,8 @@ class FinetuneDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         i, seed = key if isinstance(key, tuple) else (key, None)
         r = self.records[i]
-        gray = to_gray_u8(r.image, r.name) if r.image is not None else read_gray(r.path)
+        # in-memory arrays are in OpenCV's BGR(A) order, like decoded files
+        gray = gray_u8(r.image, order="bgr", what=r.name)[0] if r.image is not None else read_gray_u8(r.path)
         x = torch.from_numpy(gray).unsqueeze(0)  # (1, H, W) uint8
         if seed is None:
             img = self.transform(x)
@@ -186,7 +175,7 @@ def class_balanced_weights(labels: Sequence[int], num_classes: int) -> np.ndarra
 
 class EpochSampler(Sampler[tuple[int, int]]):
     """This rank's ``(record index, sample seed)`` pairs of one epoch, from the plan both loaders
-    share (``dali_pipes.finetune``): train — the rank's slice of every global batch of a
+    share (``dali_pipes.finetune_plan``): train — the rank's slice of every global batch of a
     permutation, or of class-balanced draws with replacement (``weights``), fixed by (seed,
     epoch); eval — the rank's contiguous chunk of the records, in order. The sample seed is a
     function of (seed, epoch, position in the global order). ``start`` skips already-consumed
@@ -218,10 +207,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return len(self.plan()[0]) - self.start
 
 
-class TorchFinetuneLoader:
-    """Loader object of the batch contract: ``__iter__``, ``__len__``, ``state_dict`` and
-    ``load_state_dict``, plus ``set_epoch``. Batches also carry ``"index"`` (LongTensor[B], the
-    record index) so predictions gathered from several ranks can be put back in record order.
+class TorchFinetuneLoader(EpochCounter):
+    """A :class:`~dali_pipes.loader.Loader` yielding :class:`~dali_pipes.loader.FinetuneBatch`,
+    plus ``set_epoch``. An eval loader keeps its epoch (its order never changes).
 
     The samples and their augmentation are a function of (seed, epoch, position): after
     ``load_state_dict`` the remaining batches of the interrupted epoch come next, identical to
@@ -235,12 +223,6 @@ class TorchFinetuneLoader:
         self.workers, self.drop_last, self.rank, self.world_size = workers, drop_last, rank, world_size
         self.sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=sample_weights, batch_size=batch_size,
                                     rank=rank, world_size=world_size, drop_last=drop_last)
-        self.batches_done = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start of ``epoch``; asking for the current epoch keeps a restored mid-epoch position."""
-        if epoch != self.sampler.epoch:
-            self.sampler.epoch, self.sampler.start, self.batches_done = epoch, 0, 0
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -250,33 +232,30 @@ class TorchFinetuneLoader:
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def __iter__(self):
-        self.sampler.start = self.batches_done * self.batch_size
+        # the next pass of a training loader is the next epoch unless set_epoch says otherwise
+        return self._counted(self._batches(), next_epoch=self.train)
+
+    def _batches(self):
+        self.sampler.epoch, self.sampler.start = self.epoch, self.batch_in_epoch * self.batch_size
         # A private generator: creating the DataLoader iterator must not draw from the process
         # RNG (drop path, mixup), or a resumed run would draw differently from the uninterrupted one.
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.sampler.epoch * 104_729 + self.batches_done)
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch * 104_729 + self.batch_in_epoch)
         dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.workers,
                         drop_last=self.drop_last, pin_memory=torch.cuda.is_available(), generator=g,
                         persistent_workers=False)
-        for batch in dl:
-            self.batches_done += 1
-            yield batch
-        self.batches_done, self.sampler.start = 0, 0
-        if self.train:
-            self.sampler.epoch += 1  # the next pass is the next epoch unless set_epoch says otherwise
+        yield from dl
 
     def state_dict(self) -> dict:
-        return {"kind": "torch_finetune", "epoch": self.sampler.epoch, "batches_done": self.batches_done,
+        return {"kind": "torch_finetune", "epoch": self.epoch, "batches_done": self.batch_in_epoch,
                 "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind", "torch_finetune") != "torch_finetune":
-            raise ValueError(f"loader state is from a {state.get('kind')!r} loader, not torch_finetune")
-        theirs = (state.get("rank", 0), state.get("world_size", 1))
-        if theirs != (self.rank, self.world_size):
-            raise ValueError(f"loader state was saved by rank {theirs[0]} of {theirs[1]}, this loader is rank "
-                             f"{self.rank} of {self.world_size}")
+        """The seed is the state's (the sample order and augmentation follow it); rank and world
+        size must be this loader's."""
+        # states written before they carried a kind came from this loader
+        check_state({"kind": "torch_finetune", **state}, "torch_finetune", rank=self.rank, world_size=self.world_size)
         self.seed = self.sampler.seed = int(state["seed"])
-        self.sampler.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batches_done"])
 
 
 # ---------------------------------------------------------------------------- the loader choice
@@ -307,7 +286,7 @@ def build_finetune_loader(records: Sequence[Record], *, train: bool, batch_size:
     sample_weights: per-record sampling weights (class-balanced sampling), train only.
     rank, world_size: this process's share of ``records`` (all ranks get the full list): train —
     its slice of every global batch of ``batch_size x world_size``, the same step count on every
-    rank; eval — a contiguous chunk, every record on exactly one rank (``dali_pipes.finetune``'s
+    rank; eval — a contiguous chunk, every record on exactly one rank (``dali_pipes.finetune_plan``'s
     ``train_plan`` / ``eval_plan``, shared by both loaders).
 
     ``loader="dali"`` imports ``dali_pipes.finetune`` and calls its ``build_finetune_loader``

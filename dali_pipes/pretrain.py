@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .loader import EpochCounter, check_state, expand_channels
 from .options import PretrainOptions
-from .shards import ShardSetError, incomplete_samples, shard_set
+from .shards import check_complete, incomplete_samples, shard_set, shown
 
 log = logging.getLogger("dali_pipes")
 
@@ -96,8 +97,8 @@ def _to_torch(tl, gpu: bool) -> torch.Tensor:
     return out
 
 
-class DaliPretrainLoader:
-    """Loader contract: ``__iter__`` (one epoch), ``__len__``, ``state_dict``, ``load_state_dict``.
+class DaliPretrainLoader(EpochCounter):
+    """A :class:`~dali_pipes.loader.Loader` yielding :class:`~dali_pipes.loader.PretrainBatch`.
 
     rank/world_size pick this rank's part of the split; ``return_keys`` adds the sample keys
     (list[str]) to each batch, used by tests and to audit what a run saw.
@@ -115,15 +116,11 @@ class DaliPretrainLoader:
         self.index_paths = [str(p) for p in ss.index_paths]
         self.gpu = resolve_device(opts) == "gpu"
         self.incomplete = incomplete_samples(ss.index_paths, ("jpg", "json"))
-        if self.incomplete and not opts.skip_corrupt:
-            shown = ", ".join(f"{s}:{k}" for s, k in self.incomplete[:5])
-            raise ShardSetError(f"{len(self.incomplete)} sample(s) miss a member (need jpg and json): {shown}; "
-                                f"rebuild the shards (usf-shard verify names them) or set skip_corrupt")
+        check_complete(self.incomplete, ("jpg", "json"), opts.skip_corrupt)
         per_rank = (ss.samples - len(self.incomplete)) // world_size
         self.batches_per_epoch = per_rank // opts.batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"{per_rank} samples per rank < batch size {opts.batch_size}")
-        self.epoch, self.batch_in_epoch = 0, 0
         self._pipe = None
         self._ckpt: str | None = None
         self._seed = opts.seed  # readers are reseeded when a state from another world size is loaded
@@ -139,23 +136,20 @@ class DaliPretrainLoader:
         return self.batches_per_epoch
 
     def __iter__(self):
+        yield from self._counted(self._batches())
+        if self.incomplete:
+            log.warning("epoch %d: skipped %d incomplete sample(s) (skip_corrupt): %s", self.epoch - 1,
+                        len(self.incomplete), shown(self.incomplete))
+
+    def _batches(self):
         pipe = self._pipeline()
         while self.batch_in_epoch < self.batches_per_epoch:
             img, meta = pipe.run()
-            batch = {"image": _to_torch(img, self.gpu)}
-            if self.gpu:
-                batch["image"] = batch["image"].to(torch.bfloat16)
-            if self.opts.in_chans == 3:
-                batch["image"] = batch["image"].expand(-1, 3, -1, -1)
+            image = _to_torch(img, self.gpu)
+            batch = {"image": expand_channels(image.to(torch.bfloat16) if self.gpu else image, self.opts.in_chans)}
             if self.return_keys:
                 batch["keys"] = [sample_id(bytes(np.array(meta[i]))) for i in range(len(meta))]
-            self.batch_in_epoch += 1
             yield batch
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        if self.incomplete:
-            log.warning("epoch %d: skipped %d incomplete sample(s) (skip_corrupt): %s", self.epoch - 1,
-                        len(self.incomplete), ", ".join(f"{s}:{k}" for s, k in self.incomplete[:5]))
 
     def state_dict(self) -> dict:
         """Position after the last yielded batch: DALI checkpoint (base64) + counters."""
@@ -168,8 +162,7 @@ class DaliPretrainLoader:
     def load_state_dict(self, state: dict) -> None:
         """Exact when ``state`` is this rank's own (same rank, world size, batch); otherwise the
         epoch continues from its global sample position with reseeded readers (module doc)."""
-        if state.get("kind") != "dali":
-            raise ValueError(f"loader state is from a {state.get('kind')!r} loader, not dali")
+        check_state(state, "dali")  # any layout: see below
         layout = (state.get("rank", self.rank), state.get("world_size", self.world_size),
                   state.get("batch_size", self.opts.batch_size))
         self.epoch = int(state["epoch"])

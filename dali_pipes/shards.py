@@ -69,6 +69,20 @@ def incomplete_samples(index_paths: list[Path], exts: tuple[str, ...]) -> list[t
     return sample_index(index_paths, exts)[1]
 
 
+def shown(incomplete: list[tuple[str, str]]) -> str:
+    """The first few incomplete samples as ``shard:key, ...`` (for errors and warnings)."""
+    return ", ".join(f"{s}:{k}" for s, k in incomplete[:5])
+
+
+def check_complete(incomplete: list[tuple[str, str]], exts: tuple[str, ...], skip_corrupt: bool) -> None:
+    """An error at start naming the samples that miss one of ``exts``, unless ``skip_corrupt``
+    (the loader then skips and counts them)."""
+    if incomplete and not skip_corrupt:
+        raise ShardSetError(f"{len(incomplete)} sample(s) miss a member (need {' and '.join(exts)}): "
+                            f"{shown(incomplete)}; rebuild the shards (usf-shard verify names them) or set "
+                            f"skip_corrupt")
+
+
 def shard_set(data: str | Path, split: str, world_size: int, readers_per_rank: int = 1) -> ShardSet:
     m = Manifest.load(data)
     paths = m.shards(split)

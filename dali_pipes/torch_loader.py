@@ -31,9 +31,10 @@ from torchvision.transforms import v2
 from sharder.codec import decode
 from sharder.keys import unit_interval
 
+from .loader import EpochCounter, check_state, expand_channels
 from .options import PretrainOptions
 from .pretrain import sample_id
-from .shards import ShardSetError, sample_index, shard_set
+from .shards import ShardSetError, check_complete, sample_index, shard_set
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -80,9 +81,13 @@ class _RankBatches(IterableDataset):
                 os.close(fd)
 
 
-class TorchPretrainLoader:
-    """Same contract as DaliPretrainLoader (``__iter__``, ``__len__``, ``state_dict``,
-    ``load_state_dict``); ``opts.num_threads`` DataLoader workers."""
+class TorchPretrainLoader(EpochCounter):
+    """A :class:`~dali_pipes.loader.Loader` yielding :class:`~dali_pipes.loader.PretrainBatch`
+    (as DaliPretrainLoader); ``opts.num_threads`` DataLoader workers.
+
+    Its position is global: ``position`` samples of the epoch consumed, ``batch_in_epoch`` whole
+    global batches of them plus ``_offset`` (< one global batch; non-zero only after a state from
+    another world size or batch was loaded)."""
 
     def __init__(self, data: str | Path, opts: PretrainOptions, rank: int = 0, world_size: int = 1,
                  return_keys: bool = False):
@@ -92,38 +97,36 @@ class TorchPretrainLoader:
         self.mean, self.std, self.codec = ss.manifest.mean, ss.manifest.std, ss.manifest.codec
         self.paths = [str(p) for p in ss.paths]
         self.refs, self.incomplete = sample_index(ss.index_paths, (self.codec, "json"))
-        if self.incomplete and not opts.skip_corrupt:
-            shown = ", ".join(f"{s}:{k}" for s, k in self.incomplete[:5])
-            raise ShardSetError(f"{len(self.incomplete)} sample(s) miss a member (need {self.codec} and json): "
-                                f"{shown}; rebuild the shards or set skip_corrupt")
+        check_complete(self.incomplete, (self.codec, "json"), opts.skip_corrupt)
         self.global_batch = world_size * opts.batch_size
         if len(self.refs) < self.global_batch:
             raise ShardSetError(f"{len(self.refs)} {opts.split} sample(s) in {ss.manifest.root} are fewer than one "
                                 f"global batch of {world_size} rank(s) x batch {opts.batch_size}: use fewer ranks or "
                                 f"a smaller batch")
-        self.epoch, self.position = 0, 0  # position: global samples of this epoch already consumed
+        self._offset = 0
 
     def __len__(self) -> int:
         """Batches per epoch, the same on every rank."""
         return len(self.refs) // self.global_batch
 
     @property
-    def batch_in_epoch(self) -> int:
-        return self.position // self.global_batch
+    def position(self) -> int:
+        """Global samples of this epoch already consumed (all ranks)."""
+        return self._offset + self.batch_in_epoch * self.global_batch
 
     def __iter__(self):
+        yield from self._counted(self._batches())
+        self._offset = 0
+
+    def _batches(self):
         left = (len(self.refs) - self.position) // self.global_batch
         dl = DataLoader(_RankBatches(self, self.epoch, self.position, left), batch_size=None,
                         num_workers=self.workers, persistent_workers=False, prefetch_factor=2, in_order=True)
         for batch in dl:
             if not self.return_keys:
                 batch.pop("keys")
-            if self.opts.in_chans == 3:
-                batch["image"] = batch["image"].expand(-1, 3, -1, -1)
-            self.position += self.global_batch
+            batch["image"] = expand_channels(batch["image"], self.opts.in_chans)
             yield batch
-        self.epoch += 1
-        self.position = 0
 
     def state_dict(self) -> dict:
         """The same on every rank: (epoch, global samples consumed). Valid at any world size."""
@@ -131,12 +134,9 @@ class TorchPretrainLoader:
                 "global_batch": self.global_batch, "samples": len(self.refs)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != "torch":
-            raise ValueError(f"loader state is from a {state.get('kind')!r} loader, not torch")
-        if state.get("samples", len(self.refs)) != len(self.refs):
-            raise ValueError(f"loader state is for {state['samples']} samples but the shards hold "
-                             f"{len(self.refs)}: resume on the shards the run started with")
+        """Valid at any world size and batch size: the position is global (module doc)."""
+        check_state(state, "torch", samples=len(self.refs))
         self.epoch = int(state["epoch"])
         # states written before positions were global counted this rank's batches
         pos = state["position"] if "position" in state else state["batch_in_epoch"] * self.global_batch
-        self.position = min(int(pos), len(self.refs))
+        self.batch_in_epoch, self._offset = divmod(min(int(pos), len(self.refs)), self.global_batch)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from sharder.curate import to_uint8 as curate_to_uint8
-from sharder.intensity import eight_bit_files, gray_u8, needs_conversion, to_uint8
+from sharder.intensity import eight_bit_files, gray_u8, needs_conversion, read_gray_u8, to_uint8
 from finetune.tasks import Record
-from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader, read_gray, to_gray_u8
+from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader
 
 SIZE = 64
 
@@ -48,8 +48,8 @@ def test_sharder_torch_and_dali_paths_agree(png16, tmp_path) -> None:
     assert op == "to_uint8:window" and np.array_equal(sharded, expected)
     # torch loader: file reader, in-memory records, and a whole eval batch (identity geometry,
     # mean 0 / std 1/255 so the batch holds the pixel values)
-    assert np.array_equal(read_gray(path), expected)
-    assert np.array_equal(to_gray_u8(raw), expected)
+    assert np.array_equal(read_gray_u8(path), expected)
+    assert np.array_equal(gray_u8(raw, order="bgr")[0], expected)
     tcfg = TransformConfig(img_size=SIZE, in_chans=1, mean=(0.0,), std=(1 / 255,), crop_pct=1.0)
     for rec in (Record(path=path, label=0, group="g"), Record(None, 0, "g", image=raw)):
         batch = next(iter(build_finetune_loader([rec], train=False, batch_size=1, tcfg=tcfg, loader="torch")))
