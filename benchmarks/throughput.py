@@ -72,54 +72,31 @@ _GATE_FRAMES = 12  # frames the text-gate cost is measured on (~0.1-0.4 s each o
 
 
 def _stage_costs(raw: Path) -> dict[str, float]:
-    """Where a build's per-frame time goes, one core: ms per frame of each step of the extract
-    loop (read + decode, curate, pHash, encode, pixel hash + statistics), on the same inputs,
-    with the build's scan-region reuse for cine and video and its single-threaded OpenCV."""
-    from sharder.build import REUSE_BOX_FORMATS, one_cv2_thread, pixel_sums
-    from sharder.codec import encode
-    from sharder.curate import CurateOptions, curate
-    from sharder.dedup import phash64, pixel_hash
+    """Where a build's per-frame time goes, one core: ms per written frame of each stage of the
+    build's own per-frame step (sharder/frame_step.py: read + decode, crop + curate, pHash,
+    encode, pixel hash + statistics), on the same inputs, with the build's single-threaded
+    OpenCV and its curation defaults (the text gate is measured apart, below)."""
+    from sharder.build import one_cv2_thread
+    from sharder.curate import CurateOptions
+    from sharder.frame_step import STAGES, FrameStep, Sample, StageClock
     from sharder.frames import InputRejected, ReaderOptions
-    from sharder.readers import iter_frames
 
-    acc = dict.fromkeys(("decode", "curate", "phash", "encode", "hash_stats"), 0.0)
-    n, clock = 0, time.perf_counter
+    clock = StageClock()
+    n = 0
     gated: list = []
     with one_cv2_thread():  # as in the build's workers
         for p, fmt in _inputs(raw):
-            box, shape = None, None
+            step = FrameStep(fmt, CurateOptions(), codec="jpg", jpeg_quality=95, clock=clock)
             try:
-                it = iter_frames(p, fmt, ReaderOptions())
-                while True:
-                    t = clock()
-                    frame = next(it, None)
-                    acc["decode"] += clock() - t
-                    if frame is None:
-                        break
-                    t = clock()
-                    try:
-                        cur = curate(frame.pixels, CurateOptions(),
-                                     box=box if frame.pixels.shape[:2] == shape else None)
-                    except InputRejected:
-                        continue
-                    acc["curate"] += clock() - t
-                    if fmt in REUSE_BOX_FORMATS and box is None and "crop:auto" in cur.ops:
-                        box, shape = cur.crop, frame.pixels.shape[:2]
-                    t = clock()
-                    phash64(cur.image)
-                    acc["phash"] += clock() - t
-                    t = clock()
-                    encode(cur.image, "jpg", 95)
-                    acc["encode"] += clock() - t
-                    t = clock()
-                    pixel_hash(cur.image)
-                    pixel_sums(cur.image)
-                    acc["hash_stats"] += clock() - t
+                for smp in step.samples(p, ReaderOptions()):
+                    if not isinstance(smp, Sample):
+                        continue  # dropped by curation
                     n += 1
                     if len(gated) < _GATE_FRAMES:
-                        gated.append(cur.image)
+                        gated.append(smp.cur.image)
             except InputRejected:
                 pass
+    acc = {k: clock.seconds[k] for k in STAGES}
     out = {k: 1000.0 * v / max(n, 1) for k, v in acc.items()}
     # text gate (sharder/textgate.py): ms per CHECKED frame, on the first curated frames (a
     # build checks every still and first/middle/last/every 16th/box-changed frame of a cine)
@@ -128,10 +105,10 @@ def _stage_costs(raw: Path) -> dict[str, float]:
 
         det = detector()
         det.detect(gated[0])  # session warm-up, paid once per worker
-        t = clock()
+        t = time.perf_counter()
         for img in gated:
             det.detect(img)
-        out["text_gate"] = 1000.0 * (clock() - t) / len(gated)
+        out["text_gate"] = 1000.0 * (time.perf_counter() - t) / len(gated)
     return out
 
 
@@ -331,16 +308,16 @@ def _train_steps(kind: str, model_name: str, bs: int, device: torch.device, prec
     """-> (step(), kernel description) for one MAE train step on a fixed batch (data excluded).
 
     fused    : what trainer/pretrain.py runs, built the same way (launch/ds.json through
-               ``build_ds_config``: DeepSpeed engine, ZeRO-1, clipping, the kernels of
+               ``trainer.engine``: DeepSpeed engine, ZeRO-1, clipping, the kernels of
                ``trainer.kernels`` with ``--attention auto``, the non-finite check DeepSpeed
                does anyway, no per-step host sync of ours).
     baseline : the same model eager: plain loop, torch AdamW foreach, eager attention, clipping,
                ``.item()`` every step.
     reference: facebookresearch/mae's plain loop (benchmarks/reference_mae.py)."""
     from trainer.config import TrainConfig
-    from trainer.kernels import attention_kernel, make_optimizer, tune_ds_config_for_cpu, use_sdpa
-    from trainer.param_groups import weight_decay_groups
+    from trainer.kernels import attention_kernel, use_sdpa
     from trainer.model import MaskedAutoencoderViT, config_for
+    from trainer.param_groups import weight_decay_groups
     from trainer.precision import torch_dtype
 
     dtype = torch_dtype(precision)
@@ -354,20 +331,12 @@ def _train_steps(kind: str, model_name: str, bs: int, device: torch.device, prec
     model = MaskedAutoencoderViT(cfg).to(device)
     x = torch.randn(bs, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
     if kind == "fused":
-        import deepspeed
-
-        from trainer.pretrain import build_ds_config
+        from trainer.engine import build_ds_config, build_engine, read_ds_json
 
         tc = TrainConfig(model=model_name, batch_size=bs, precision=precision, tensorboard=False)
-        ds, lr = build_ds_config(tc, 1, 1000)
-        if device.type == "cpu":
-            tune_ds_config_for_cpu(ds)
-        op = ds.pop("optimizer", {}).get("params", {})
+        ds, lr = build_ds_config(tc, read_ds_json(tc.deepspeed_config), 1, 1000)
         ds["steps_per_print"] = 10**9
-        opt, kernel = make_optimizer(weight_decay_groups(model, op.get("weight_decay", 0.05)), lr=lr,
-                                     betas=tuple(op.get("betas", (0.9, 0.95))), eps=op.get("eps", 1e-8),
-                                     weight_decay=op.get("weight_decay", 0.05), fused=True)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+        engine, _, kernel = build_engine(model, ds, lr, device)
         xx, gen = x.to(dtype), torch.Generator(device=device)
         stage = ds.get("zero_optimization", {}).get("stage", 0)
 

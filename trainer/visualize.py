@@ -16,31 +16,32 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from runconfig import add_arguments, config, parse
 from sharder.curate import CROP_MODES, CurateOptions, curate
 from sharder.frames import InputRejected, ReaderOptions
 from sharder.readers import detect_format, iter_frames
 
-from .viz import grid_image, reconstruct
+from .recon import save_recon_grid
 from .weights import Norm, WeightsError, build_mae
 
 log = logging.getLogger("trainer.visualize")
 
 
-@dataclass
+@config
 class ViewConfig:
-    init: str
-    images: list[str]
-    out: str
+    init: str  # weights with a decoder (file, checkpoint or run dir)
+    images: list[str]  # inputs: any format usf-shard reads
+    out: str  # PNG to write
     mask_ratio: float = 0.75
-    seed: int = 0
+    seed: int = 0  # mask seed: same seed, same masks
     frame: int = 0  # which frame of a cine / slice of a volume / frame of a video
-    crop: str = "auto"  # scan-region crop as the sharder does ("none": the whole frame)
+    crop: Literal[CROP_MODES] = "auto"  # scan-region crop as the sharder does ("none": the whole frame)
 
 
 def read_image(path: str | Path, size: int, frame: int = 0, crop: str = "auto") -> np.ndarray:
@@ -78,33 +79,22 @@ def visualize(cfg: ViewConfig) -> tuple[Path, list[float]]:
     model, norm = build_mae(cfg.init)
     size = model.cfg.img_size
     batch = to_batch([read_image(p, size, cfg.frame, cfg.crop) for p in cfg.images], norm)
-    panels, err = reconstruct(model, batch, cfg.mask_ratio, cfg.seed)
-    import cv2
-
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), grid_image(panels, norm.mean, norm.std)):
-        raise OSError(f"{out}: could not write the image (a .png / .jpg name?)")
+    err = save_recon_grid(model, batch, out, norm.mean, norm.std, cfg.seed, cfg.mask_ratio)
     return out, [float(e) for e in err]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", required=True, help="weights with a decoder (file, checkpoint or run dir)")
-    p.add_argument("--images", nargs="+", required=True, help="inputs: any format usf-shard reads")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--seed", type=int, default=0, help="mask seed: same seed, same masks")
-    p.add_argument("--frame", type=int, default=0, help="frame / slice index of multi-frame inputs")
-    p.add_argument("--crop", choices=CROP_MODES, default="auto", help="scan-region crop as the sharder does")
-    a = p.parse_args(argv)
+    add_arguments(p, ViewConfig)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out, err = visualize(ViewConfig(a.init, a.images, a.out, a.mask_ratio, a.seed, a.frame, a.crop))
-    except (WeightsError, ValueError, OSError) as e:
+        cfg = parse(p, ViewConfig, argv)[0]
+        out, err = visualize(cfg)
+    except (WeightsError, ValueError, OSError) as e:  # ValueError: also runconfig.ConfigError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path, e in zip(a.images, err):
+    for path, e in zip(cfg.images, err):
         print(f"{path}: masked-patch MSE {e:.4f}")
     print(f"wrote {out}")
     return 0
