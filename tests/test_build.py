@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
+from runconfig import ConfigError
 from sharder import build as build_mod
 from sharder.build import build
 from sharder.codec import decode
-from sharder.config import BuildConfig, ConfigError, DatasetSpec, load_config, quick_datasets
+from sharder.config import BuildConfig, DatasetSpec, load_config, quick_datasets
 from sharder.curate import CurateOptions, curate
 from sharder.manifest import Manifest
 from sharder.shards import iter_shard
