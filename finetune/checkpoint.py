@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from finetune.dist import DistContext
+from trainer.checkpoint import move_latest, read_latest
 
 
 def rng_state() -> dict:
@@ -74,12 +75,12 @@ class FinetuneCheckpoints:
 
     # -- finding
     def latest(self) -> Path | None:
-        f = self.root / "latest"
-        if not f.is_file():
+        tag = read_latest(self.root)
+        if tag is None:
             return None
-        path = self.root / f.read_text().strip()
+        path = self.root / tag
         if not (path / "state.json").is_file():
-            raise FileNotFoundError(f"{f} names {path.name}, which has no state.json")
+            raise FileNotFoundError(f"{self.root / 'latest'} names {tag}, which has no state.json")
         return path
 
     def find(self, resume: str | None) -> Path | None:
@@ -122,9 +123,7 @@ class FinetuneCheckpoints:
             (path / "state.json").write_text(json.dumps(full, indent=1))
         ctx.barrier()  # every rank's file is on disk before latest moves
         if ctx.is_main:
-            tmp = self.root / "latest.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, self.root / "latest")
+            move_latest(self.root, tag)
             self._prune()
         ctx.barrier()
         return path

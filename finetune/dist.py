@@ -9,7 +9,8 @@ choice; it also runs unchanged on CPU (gloo) for the tests.
 ``MASTER_ADDR``/``PORT``) and starts the process group once per process (or adopts one the
 caller started); a plain ``python -m finetune`` is world size 1 and never touches
 ``torch.distributed``. The collectives the runner needs are methods of :class:`DistContext`,
-each a no-op at world size 1.
+each a no-op at world size 1; code without a context asks ``trainer.distributed`` (``rank()``,
+``world_size()``, ``barrier()``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from trainer.distributed import world_size
 
 _OWNED = False  # this module started the process group (and so may end it)
 
@@ -119,11 +122,6 @@ def dist_context(device_request: str = "auto") -> DistContext:
                        device=device, backend=dist.get_backend())
 
 
-def is_main_process() -> bool:
-    """Rank 0, or no process group at all (for callers that only need to know who writes)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def shutdown() -> None:
     """End the process group if :func:`dist_context` started it (torchrun's processes exit next)."""
     global _OWNED
@@ -141,7 +139,7 @@ class AllReduceBatchNorm1d(torch.nn.BatchNorm1d):
     statistics are updated as ``nn.BatchNorm1d`` does (unbiased variance)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and world_size() > 1):
             return super().forward(x)
         if x.dim() != 2:
             raise ValueError(f"AllReduceBatchNorm1d expects (N, C) input, got {tuple(x.shape)}")

@@ -15,6 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from finetune import runner as FT
+from finetune.config import ENCODER, PROBE_BLR, FinetuneConfig
+from finetune.engine import build_optimizer, lr_at, smooth_one_hot, soft_cross_entropy, train_one_epoch
+from finetune.models import build_model, load_baseline, load_encoder
 from finetune.tasks import Record
 from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader, class_balanced_weights
 from trainer.param_groups import layer_decay_groups, weight_decay_groups
@@ -77,29 +80,29 @@ def test_layer_decay_groups():
 
 
 def test_lr_schedule_warmup_cosine():
-    cfg = FT.FinetuneConfig(epochs=10, warmup_epochs=2, lr=1e-3, min_lr=1e-6)
-    assert FT.lr_at(0.0, cfg) == 0.0
-    assert FT.lr_at(1.0, cfg) == pytest.approx(5e-4)
-    assert FT.lr_at(2.0, cfg) == pytest.approx(1e-3)
-    assert FT.lr_at(6.0, cfg) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)
-    assert FT.lr_at(10.0, cfg) == pytest.approx(1e-6)
-    r = FT.resolve_config(FT.FinetuneConfig(batch_size=64))
+    cfg = FinetuneConfig(epochs=10, warmup_epochs=2, lr=1e-3, min_lr=1e-6)
+    assert lr_at(0.0, cfg) == 0.0
+    assert lr_at(1.0, cfg) == pytest.approx(5e-4)
+    assert lr_at(2.0, cfg) == pytest.approx(1e-3)
+    assert lr_at(6.0, cfg) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)
+    assert lr_at(10.0, cfg) == pytest.approx(1e-6)
+    r = FT.resolve_config(FinetuneConfig(batch_size=64))
     assert r.lr == pytest.approx(5e-4 * 64 / 256) and r.label_smoothing == 0.1 and r.weight_decay == 0.05
-    assert FT.resolve_config(FT.FinetuneConfig(epochs=3, warmup_epochs=5)).warmup_epochs == pytest.approx(0.3)
-    p = FT.resolve_config(FT.FinetuneConfig(batch_size=64, linear_probe=True, mixup=0.8))
-    assert p.blr == FT.PROBE_BLR and p.weight_decay == 0.0 and p.label_smoothing == 0.0 and p.mixup == 0.0
+    assert FT.resolve_config(FinetuneConfig(epochs=3, warmup_epochs=5)).warmup_epochs == pytest.approx(0.3)
+    p = FT.resolve_config(FinetuneConfig(batch_size=64, linear_probe=True, mixup=0.8))
+    assert p.blr == PROBE_BLR and p.weight_decay == 0.0 and p.label_smoothing == 0.0 and p.mixup == 0.0
 
 
 def test_soft_cross_entropy_matches_torch():
     torch.manual_seed(0)
     logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 0])
-    t = FT.smooth_one_hot(y, 4, 0.1)
+    t = smooth_one_hot(y, 4, 0.1)
     assert torch.allclose(t.sum(1), torch.ones(6))
     ref = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
-    assert FT.soft_cross_entropy(logits, t).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert soft_cross_entropy(logits, t).item() == pytest.approx(ref.item(), rel=1e-5)
     w = torch.tensor([1.0, 2.0, 0.5, 1.0])
     manual = -(w[y] * torch.log_softmax(logits, -1)[torch.arange(6), y]).mean()
-    assert FT.soft_cross_entropy(logits, FT.smooth_one_hot(y, 4, 0.0), w).item() == pytest.approx(manual.item(), rel=1e-5)
+    assert soft_cross_entropy(logits, smooth_one_hot(y, 4, 0.0), w).item() == pytest.approx(manual.item(), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- model loading
@@ -108,7 +111,7 @@ def test_load_encoder_from_export(env, tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(str(env["export"] / "model.safetensors"))
-    model, enc = FT.load_encoder(env["export"], num_classes=2)
+    model, enc = load_encoder(env["export"], num_classes=2)
     sd = model.state_dict()
     for k in ("blocks.1.attn.qkv.weight", "patch_embed.proj.weight", "pos_embed", "cls_token"):
         assert torch.equal(sd[k], saved[k]), k
@@ -117,11 +120,11 @@ def test_load_encoder_from_export(env, tmp_path):
     assert enc["mean"] == 0.3 and enc["img_size"] == 32 and enc["in_chans"] == 1
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 2)
     # another input size resamples pos_embed; RGB input converts the patch conv
-    big, enc2 = FT.load_encoder(env["export"], num_classes=2, img_size=48, in_chans=3)
+    big, enc2 = load_encoder(env["export"], num_classes=2, img_size=48, in_chans=3)
     assert big.pos_embed.shape[1] == 1 + 36 and enc2["in_chans"] == 3
     assert big(torch.zeros(1, 3, 48, 48)).shape == (1, 2)
     gray = torch.rand(1, 1, 32, 32)
-    w1, w3 = model.patch_embed.proj, FT.load_encoder(env["export"], num_classes=2, in_chans=3)[0].patch_embed.proj
+    w1, w3 = model.patch_embed.proj, load_encoder(env["export"], num_classes=2, in_chans=3)[0].patch_embed.proj
     assert torch.allclose(w1(gray), w3(gray.expand(1, 3, 32, 32)), atol=1e-5)  # same response to gray
     # a weight the architecture does not have is refused
     bad = tmp_path / "bad_export"
@@ -129,9 +132,9 @@ def test_load_encoder_from_export(env, tmp_path):
     (bad / "config.json").write_text((env["export"] / "config.json").read_text())
     save_file({**saved, "decoder_embed.weight": torch.zeros(2, 2)}, str(bad / "model.safetensors"))
     with pytest.raises(ValueError, match="decoder_embed"):
-        FT.load_encoder(bad, num_classes=2)
+        load_encoder(bad, num_classes=2)
     # random init of the same architecture
-    rnd, enc3 = FT.load_encoder("none", num_classes=2, arch=str(env["export"]))
+    rnd, enc3 = load_encoder("none", num_classes=2, arch=str(env["export"]))
     assert enc3["source"] == "random init" and enc3["depth"] == 2
     assert not torch.equal(rnd.state_dict()["blocks.1.attn.qkv.weight"], saved["blocks.1.attn.qkv.weight"])
 
@@ -141,7 +144,7 @@ def test_checkpoint_dir_goes_through_trainer_export(env, tmp_path, monkeypatch):
     ckpt.mkdir(parents=True)
     monkeypatch.setitem(sys.modules, "trainer.export", None)  # import fails
     with pytest.raises(RuntimeError, match="export_from_checkpoint is unavailable"):
-        FT.load_encoder(ckpt, num_classes=2, work_dir=tmp_path)
+        load_encoder(ckpt, num_classes=2, work_dir=tmp_path)
     calls = []
 
     def fake_export(ckpt_dir, out_dir):
@@ -149,7 +152,7 @@ def test_checkpoint_dir_goes_through_trainer_export(env, tmp_path, monkeypatch):
         return make_export(out_dir, img_size=32, patch_size=8, depth=2)
 
     monkeypatch.setitem(sys.modules, "trainer.export", types.SimpleNamespace(export_from_checkpoint=fake_export))
-    model, enc = FT.load_encoder(ckpt, num_classes=2, work_dir=tmp_path)
+    model, enc = load_encoder(ckpt, num_classes=2, work_dir=tmp_path)
     assert calls and calls[0][0] == ckpt and enc["source"] == str(tmp_path / "init_export")
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
 
@@ -160,19 +163,19 @@ def test_baseline_local_checkpoint(tmp_path):
     torch.save({"state_dict": src.state_dict()}, tmp_path / "r18.pth")
     save_file(src.state_dict(), str(tmp_path / "r18.safetensors"))
     for f in ("r18.pth", "r18.safetensors"):
-        m = FT.load_baseline("resnet18", 2, ckpt=tmp_path / f, img_size=32, in_chans=1)
+        m = load_baseline("resnet18", 2, ckpt=tmp_path / f, img_size=32, in_chans=1)
         assert torch.allclose(m.conv1.weight, src.conv1.weight.sum(1, keepdim=True))  # RGB conv -> gray
         assert torch.equal(m.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
         assert m.fc.weight.shape == (2, 512)
     torch.save({"conv_wrong.weight": torch.zeros(1)}, tmp_path / "junk.pth")
     with pytest.raises(ValueError, match="does not match resnet18"):
-        FT.load_baseline("resnet18", 2, ckpt=tmp_path / "junk.pth")
+        load_baseline("resnet18", 2, ckpt=tmp_path / "junk.pth")
 
 
 def test_linear_probe_freezes_encoder(env):
-    cfg = FT.FinetuneConfig(model=FT.ENCODER, init=str(env["export"]), linear_probe=True, epochs=1, warmup_epochs=0,
+    cfg = FinetuneConfig(model=ENCODER, init=str(env["export"]), linear_probe=True, epochs=1, warmup_epochs=0,
                             batch_size=4, workers=0, progress=False)
-    bundle = FT.build_model(cfg, 2)
+    bundle = build_model(cfg, 2)
     trainable = [n for n, p in bundle.model.named_parameters() if p.requires_grad]
     assert trainable == ["head.1.weight", "head.1.bias"]
     cfg = FT.resolve_config(cfg, bundle)
@@ -181,7 +184,7 @@ def test_linear_probe_freezes_encoder(env):
     recs = [Record(None, i % 2, f"g{i}", image=lesion_image(rng, i % 2, 40, 40)) for i in range(8)]
     tcfg = TransformConfig(img_size=32, in_chans=1)
     loader = build_finetune_loader(recs, train=True, mode="probe", batch_size=4, tcfg=tcfg)
-    FT.train_one_epoch(bundle.model, loader, FT.build_optimizer(bundle, cfg), cfg, 0, torch.device("cpu"), 2)
+    train_one_epoch(bundle.model, loader, build_optimizer(bundle, cfg), cfg, 0, torch.device("cpu"), 2)
     after = bundle.model.state_dict()
     assert torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     assert torch.equal(after["fc_norm.weight"], before["fc_norm.weight"])
@@ -273,7 +276,7 @@ def test_cli_busbra_writes_results(env, capsys):
 
 def test_gist_cv_aggregates_five_splits(env):
     out = env["root"] / "run_gist_cv"
-    cfg = FT.FinetuneConfig(task="gist514", data_root=str(env["gist"]["dir"]), init=str(env["export"]),
+    cfg = FinetuneConfig(task="gist514", data_root=str(env["gist"]["dir"]), init=str(env["export"]),
                             output_dir=str(out), cv=True, epochs=1, warmup_epochs=0, batch_size=8, workers=0,
                             progress=False, val_fraction=0.0)
     r = FT.run_finetune(cfg)
@@ -292,7 +295,7 @@ def test_gist_cv_aggregates_five_splits(env):
 
 def test_mmotu_linear_probe_run(env):
     out = env["root"] / "run_mmotu"
-    r = FT.run_finetune(FT.FinetuneConfig(task="mmotu2d", data_root=str(env["mmotu"]["dir"].parent),
+    r = FT.run_finetune(FinetuneConfig(task="mmotu2d", data_root=str(env["mmotu"]["dir"].parent),
                                           init=str(env["export"]), output_dir=str(out), linear_probe=True, epochs=1,
                                           warmup_epochs=0, batch_size=8, workers=0, progress=False,
                                           balanced="loss"))
@@ -307,7 +310,7 @@ def test_in_memory_finetune_learns(env):
     rng = np.random.default_rng(0)
     data = [(lesion_image(rng, i % 2, 48, 48), i % 2, f"pt{i // 2}") for i in range(96)]
     train, test = data[:72], data[72:]
-    cfg = FT.FinetuneConfig(task="memory", init="none", arch=str(env["export"]), epochs=6,
+    cfg = FinetuneConfig(task="memory", init="none", arch=str(env["export"]), epochs=6,
                             warmup_epochs=1, batch_size=16, lr=1e-3, workers=0, progress=False, drop_path=0.0,
                             reprob=0.0, randaug_ops=0, val_fraction=0.0)
     r = FT.finetune(train, test, cfg, class_names=["disc", "blob"])

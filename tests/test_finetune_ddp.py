@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from dali_pipes.finetune import eval_plan, global_order, train_plan, train_steps
+from dali_pipes.finetune_plan import eval_plan, global_order, train_plan, train_steps
 from finetune import runner as FT
+from finetune.checkpoint import FinetuneCheckpoints
+from finetune.config import config_from_args
 from finetune.tasks import Record
 from dali_pipes.finetune_torch import TransformConfig, build_finetune_loader, class_balanced_weights
 
@@ -144,7 +146,7 @@ def test_resume_mid_epoch_one_rank(tmp_path, monkeypatch):
           "precision": "fp32", "mixup": 0.4, "val_fraction": 0.2, "save_every_steps": 1}
     full = FT.finetune(data[:28], data[28:], output_dir=str(tmp_path / "full"), **kw)
 
-    real_save = FT.FinetuneCheckpoints.save
+    real_save = FinetuneCheckpoints.save
 
     def save_then_die(self, epoch, step, **a):
         out = real_save(self, epoch, step, **a)
@@ -152,10 +154,10 @@ def test_resume_mid_epoch_one_rank(tmp_path, monkeypatch):
             raise _Killed
         return out
 
-    monkeypatch.setattr(FT.FinetuneCheckpoints, "save", save_then_die)
+    monkeypatch.setattr(FinetuneCheckpoints, "save", save_then_die)
     with pytest.raises(_Killed):
         FT.finetune(data[:28], data[28:], output_dir=str(tmp_path / "cut"), **kw)
-    monkeypatch.setattr(FT.FinetuneCheckpoints, "save", real_save)
+    monkeypatch.setattr(FinetuneCheckpoints, "save", real_save)
     assert (tmp_path / "cut" / "checkpoints" / "latest").read_text() == "e0001_s000001"
     resumed = FT.finetune(data[:28], data[28:], output_dir=str(tmp_path / "cut"), resume="auto", **kw)
     assert resumed["distributed"]["resumed_from"].endswith("e0001_s000001")
@@ -187,7 +189,7 @@ def busbra(tmp_path_factory):
 
 def _torchrun(args: list[str], nproc: int = 2, script: list[str] | None = None) -> None:
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    target = script or ["-m", "finetune.runner"]
+    target = script or ["-m", "finetune"]
     run_py(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *target, *args],
            env=env, timeout=300)
 
@@ -263,9 +265,9 @@ def _two_runs(full: str, killed: str, epoch: int, step: int, argv: list[str]) ->
     """Under torchrun: the uninterrupted run, then the same run checkpointing every step and
     ended like a preempted job (no clean-up, no results) on every rank as soon as checkpoint
     (epoch, step) is complete."""
-    FT.run_finetune(FT.config_from_args([*argv, "--output-dir", full]))
-    FT.run_finetune(FT.config_from_args([*argv, "--linear-probe", "--output-dir", str(Path(full).parent / "two_ranks_probe")]))
-    real_save = FT.FinetuneCheckpoints.save
+    FT.run_finetune(config_from_args([*argv, "--output-dir", full]))
+    FT.run_finetune(config_from_args([*argv, "--linear-probe", "--output-dir", str(Path(full).parent / "two_ranks_probe")]))
+    real_save = FinetuneCheckpoints.save
 
     def save_then_exit(self, e, s, **kw):
         path = real_save(self, e, s, **kw)
@@ -274,7 +276,7 @@ def _two_runs(full: str, killed: str, epoch: int, step: int, argv: list[str]) ->
             os._exit(0)
         return path
 
-    FT.FinetuneCheckpoints.save = save_then_exit
+    FinetuneCheckpoints.save = save_then_exit
     FT.main([*argv, *KILLED, "--output-dir", killed])
     raise SystemExit(f"checkpoint ({epoch}, {step}) was never saved")
 

@@ -12,7 +12,7 @@ from torchvision import transforms as T
 
 from dali_pipes.randaug import RandAugSpec, parse_timm_randaug
 from finetune.tasks import Record
-from finetune.runner import FinetuneConfig, build_parser, config_from_args
+from finetune.config import FinetuneConfig, build_parser, config_from_args
 from dali_pipes.finetune_torch import FinetuneDataset, TransformConfig, build_finetune_loader, build_transform
 from finetune.recipes import KNOBS, RECIPES, apply_recipe, recipe_table_markdown
 

@@ -218,13 +218,13 @@ def test_finetune_runs_from_release_files(files, name):
 
 def test_baseline_ckpt_takes_a_release_file(tmp_path):
     """--baseline-ckpt with a timm ViT baseline: the MAE decoder and mask token are left out."""
-    from finetune import runner as FT
+    from finetune.models import load_baseline
 
     torch.manual_seed(2)
     mae = MaskedAutoencoderViT(config_for("mae_vit_tiny_patch16", img_size=32, in_chans=3, decoder_depth=1,
                                           decoder_embed_dim=32, decoder_num_heads=1))
     torch.save(mae.state_dict(), tmp_path / "usf_mae_tiny.pt")
-    vit = FT.load_baseline("vit_tiny_patch16_224", 2, ckpt=tmp_path / "usf_mae_tiny.pt", img_size=32, in_chans=3)
+    vit = load_baseline("vit_tiny_patch16_224", 2, ckpt=tmp_path / "usf_mae_tiny.pt", img_size=32, in_chans=3)
     assert torch.equal(vit.blocks[11].mlp.fc2.weight, mae.blocks[11].mlp.fc2.weight)
     assert vit.head.weight.shape == (2, 192)
 

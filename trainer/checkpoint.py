@@ -29,22 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+
+from trainer import distributed
 
 log = logging.getLogger("trainer")
 
 TRAIN_STATE = "train_state.json"
 UNIVERSAL = "universal"
 LATEST = "latest"  # a file naming the newest complete tag
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -112,10 +104,10 @@ class CheckpointManager:
         """Collective: every rank calls it with its own ``client_state`` ({epoch, step,
         loader_state, config}); its ``loader_state`` goes to ``loader_rank{r}.json``, rank 0's
         whole client state into DeepSpeed's file."""
-        rank = _rank()
+        rank = distributed.rank()
         tag_dir = self.root / tag
         train_state = {"step": client_state["step"], "epoch": client_state["epoch"],
-                       "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                       "world_size": distributed.world_size(),
                        "micro_batch": engine.train_micro_batch_size_per_gpu(),
                        "zero_stage": engine.zero_optimization_stage(),
                        "loader": client_state["loader_state"].get("kind")}
@@ -136,11 +128,11 @@ class CheckpointManager:
             save_file({k: v.contiguous() for k, v in sd.items()}, str(tag_dir / "mae.safetensors"))
             (tag_dir / "mae_config.json").write_text(json.dumps(model.config_dict(), indent=1))
             _write_json(tag_dir / TRAIN_STATE, train_state)
-        _barrier()  # every rank's DeepSpeed files and loader state are on disk
+        distributed.barrier()  # every rank's DeepSpeed files and loader state are on disk
         if rank == 0:
             move_latest(self.root, tag)  # the pointer moves only after a complete save
             self._prune(tag)
-        _barrier()
+        distributed.barrier()
         log.info("checkpoint saved: %s", tag_dir)
         return tag_dir
 
@@ -160,9 +152,9 @@ class CheckpointManager:
             return plan
         # without ZeRO partitions (stage 0, fp32) the optimizer state is whole in the model file
         plan.universal = any(tag_dir.glob("*_optim_states.pt"))
-        if plan.universal and _rank() == 0 and not (tag_dir / UNIVERSAL).is_dir():
+        if plan.universal and distributed.rank() == 0 and not (tag_dir / UNIVERSAL).is_dir():
             to_universal(tag_dir)
-        _barrier()
+        distributed.barrier()
         log.info("resuming %s (world size %d) on world size %d: %s", tag_dir, train_state["world_size"], world_size,
                  "DeepSpeed universal checkpoint" if plan.universal else "unpartitioned optimizer state")
         return plan
@@ -171,7 +163,7 @@ class CheckpointManager:
         """Loads model/optimizer/scheduler into ``engine`` as planned by ``plan_resume``; returns
         the client state with ``loader_state`` replaced by this rank's own. On a world-size change
         every rank gets rank 0's loader state (the loaders map it to the new layout)."""
-        plan, rank = self._plan, _rank()
+        plan, rank = self._plan, distributed.rank()
         if plan is None:
             raise RuntimeError("CheckpointManager.load: call plan_resume(world_size) before deepspeed.initialize "
                                "(a world-size change needs the DeepSpeed config to load a universal checkpoint)")
