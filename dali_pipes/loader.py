@@ -119,13 +119,18 @@ def check_state(state: Mapping, kind: str, **expected: Any) -> None:
     if state.get("kind") != kind:
         raise LoaderStateError(f"loader state is from a {state.get('kind')!r} loader, not {kind}")
     theirs = {k: state.get(k, v) for k, v in expected.items()}
-    if theirs != expected:
-        raise LoaderStateError(f"loader state was saved with {_layout(theirs)} but this loader has "
-                               f"{_layout(expected)}: resume with the data and settings the run started with")
+    differ = {k for k, v in expected.items() if theirs[k] != v}
+    if differ:
+        if differ & {"rank", "world_size"}:
+            differ |= {"rank", "world_size"} & set(expected)  # "rank R of W" names both
+        raise LoaderStateError(f"loader state was saved with {_layout(theirs, differ)} but this loader has "
+                               f"{_layout(expected, differ)}: resume with the data and settings the run "
+                               f"started with")
 
 
-def _layout(fields: Mapping[str, Any]) -> str:
-    """``rank 1 of 2, batch_size 8`` (rank and world size read as one phrase)."""
+def _layout(fields: Mapping[str, Any], keys: set[str]) -> str:
+    """``rank 1 of 2, batch_size 8``: the ``keys`` of ``fields`` (rank and world size as one phrase)."""
+    fields = {k: v for k, v in fields.items() if k in keys}
     parts = [f"rank {fields['rank']} of {fields['world_size']}"] if {"rank", "world_size"} <= set(fields) else []
     parts += [f"{k} {v}" for k, v in fields.items() if k not in ("rank", "world_size") or not parts]
     return ", ".join(parts)

@@ -117,7 +117,8 @@ class DaliPretrainLoader(EpochCounter):
         self.gpu = resolve_device(opts) == "gpu"
         self.incomplete = incomplete_samples(ss.index_paths, ("jpg", "json"))
         check_complete(self.incomplete, ("jpg", "json"), opts.skip_corrupt)
-        per_rank = (ss.samples - len(self.incomplete)) // world_size
+        self.samples = ss.samples - len(self.incomplete)  # of the split, all ranks
+        per_rank = self.samples // world_size
         self.batches_per_epoch = per_rank // opts.batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"{per_rank} samples per rank < batch size {opts.batch_size}")
@@ -157,12 +158,13 @@ class DaliPretrainLoader(EpochCounter):
         ck = ck if isinstance(ck, str) else ck.decode("latin1")
         return {"kind": "dali", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "rank": self.rank, "world_size": self.world_size, "batch_size": self.opts.batch_size,
+                "seed": self.opts.seed, "samples": self.samples,
                 "dali_checkpoint": base64.b64encode(ck.encode("latin1")).decode()}
 
     def load_state_dict(self, state: dict) -> None:
         """Exact when ``state`` is this rank's own (same rank, world size, batch); otherwise the
         epoch continues from its global sample position with reseeded readers (module doc)."""
-        check_state(state, "dali")  # any layout: see below
+        check_state(state, "dali", seed=self.opts.seed, samples=self.samples)  # any layout: see below
         layout = (state.get("rank", self.rank), state.get("world_size", self.world_size),
                   state.get("batch_size", self.opts.batch_size))
         self.epoch = int(state["epoch"])

@@ -131,11 +131,11 @@ class TorchPretrainLoader(EpochCounter):
     def state_dict(self) -> dict:
         """The same on every rank: (epoch, global samples consumed). Valid at any world size."""
         return {"kind": "torch", "epoch": self.epoch, "position": self.position,
-                "global_batch": self.global_batch, "samples": len(self.refs)}
+                "global_batch": self.global_batch, "samples": len(self.refs), "seed": self.opts.seed}
 
     def load_state_dict(self, state: dict) -> None:
         """Valid at any world size and batch size: the position is global (module doc)."""
-        check_state(state, "torch", samples=len(self.refs))
+        check_state(state, "torch", samples=len(self.refs), seed=self.opts.seed)
         self.epoch = int(state["epoch"])
         # states written before positions were global counted this rank's batches
         pos = state["position"] if "position" in state else state["batch_in_epoch"] * self.global_batch

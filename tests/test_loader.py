@@ -44,6 +44,10 @@ def contract(make, key: str) -> None:
         assert a[key] == b[key] if key == "keys" else torch.equal(a[key], b[key])
     with pytest.raises(LoaderStateError, match="loader state is from a 'other' loader"):
         again.load_state_dict({**state, "kind": "other"})
+    for field in ("seed", "samples", "n"):  # another seed or dataset: refused, naming the field
+        if field in state and state["kind"] != "torch_finetune":  # that one takes the state's seed
+            with pytest.raises(LoaderStateError, match=f"{field} {state[field] + 1} but this loader has"):
+                again.load_state_dict({**state, field: state[field] + 1})
 
 
 @pytest.mark.parametrize("kind", ["dali", "torch", "fixed"])
