@@ -18,8 +18,8 @@ fp32); the choice and its reason are in each ``results.json`` (``compute_precisi
 ``comparison.json``. ``--resume`` checkpoints every epoch and continues every run from its last
 checkpoint (a finished run is only re-scored): give it from the first attempt on.
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations`: pydantic resolves string annotations through
+# sys.modules, and the tests load this file by path without registering it there
 import argparse
 import json
 import logging
@@ -27,47 +27,56 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, field, replace
 from pathlib import Path
+from typing import Literal
 
+from runconfig import add_arguments, config, parse
 from finetune.tasks import PAPER_RESULTS, TASKS
-from finetune.runner import ENCODER, FinetuneConfig, run_finetune
-from finetune.dist import is_main_process, shutdown
+from finetune.config import ENCODER, FinetuneConfig
+from finetune.dist import shutdown
+from finetune.runner import run_finetune
 from finetune.metrics import HEADLINE, pct
+from trainer.distributed import rank
+from trainer.precision import PRECISIONS
 
 SUITE_TASKS = ("busbra", "mmotu2d", "gist514")
 DEFAULT_MODELS = (ENCODER, "resnet50", "vit_base_patch16_224")
 METRIC_NAMES = {"accuracy": "Acc", "precision": "P", "recall": "R", "f1": "F1", "auc": "AUC"}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+@config
+class SuiteConfig:
+    busbra: str | None = None  # data root (each task without one is skipped)
+    mmotu2d: str | None = None
+    gist514: str | None = None
+    init: str | None = None  # our encoder: export dir or training checkpoint dir
+    output_dir: str = "runs/finetune_suite"
+    models: str = ",".join(DEFAULT_MODELS)  # comma list: 'encoder' and/or timm baseline names
+    baseline_ckpt: list[str] = field(default_factory=list)  # MODEL=PATH: local weights; default: from scratch
+    quick: bool = False  # smoke run: 1 epoch, no warmup
+    cv: bool = False  # all official folds/splits (BUS-BRA, GIST514)
+    linear_probe: bool = False  # linear probe instead of fine-tuning
+    epochs: int | None = None
+    batch_size: int = 32
+    img_size: int | None = None  # default: the encoder's / 224
+    workers: int = 4
+    loader: Literal["torch", "dali"] = "torch"
+    device: str = "auto"
+    precision: Literal[PRECISIONS] = "auto"  # auto: bf16 where the GPU/CPU runs it natively, else fp32
+    resume: bool = False  # checkpoint every epoch, continue each run from its latest (give it from the start)
+    seed: int = 0
+    no_progress: bool = False
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SuiteConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for t in SUITE_TASKS:
-        p.add_argument(f"--{t}", default=None, metavar="DIR", help=f"data root of {TASKS[t].title}")
-    p.add_argument("--init", default=None, help="our encoder: export dir or training checkpoint dir")
-    p.add_argument("--output-dir", default="runs/finetune_suite")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help="comma list: 'encoder' and/or timm baseline names")
-    p.add_argument("--baseline-ckpt", action="append", default=[], metavar="MODEL=PATH",
-                   help="local weights for a baseline (repeatable); default: from scratch")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, no warmup")
-    p.add_argument("--cv", action="store_true", help="all official folds/splits (BUS-BRA, GIST514)")
-    p.add_argument("--linear-probe", action="store_true", help="linear probe instead of fine-tuning")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=None, help="default: the encoder's / 224")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--loader", default="torch", choices=["torch", "dali"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 where the GPU/CPU runs it natively, else fp32")
-    p.add_argument("--resume", action="store_true",
-                   help="checkpoint every epoch and continue each run from its latest checkpoint (a fresh start "
-                        "where there is none): pass it from the first attempt on")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    flags = {t: {"metavar": "DIR", "help": f"data root of {TASKS[t].title}"} for t in SUITE_TASKS}
+    flags["baseline_ckpt"] = {"action": "append", "metavar": "MODEL=PATH", "nargs": None}
+    flags["no_progress"] = {"action": "store_true"}
+    add_arguments(p, SuiteConfig, flags=flags)
+    return parse(p, SuiteConfig, argv)[0]
 
 
 def _row(task: str, model: str, status: str, reason: str = "", res: dict | None = None, path: str = "") -> dict:
@@ -106,7 +115,7 @@ def comparison_markdown(rows: list[dict], cfg: dict) -> str:
     return "\n".join([*head, *lines, ""])
 
 
-def run_suite(args: argparse.Namespace) -> tuple[list[dict], int]:
+def run_suite(args: SuiteConfig) -> tuple[list[dict], int]:
     """Run every (task, model); returns the table rows and the number of failed runs."""
     out = Path(args.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +153,7 @@ def run_suite(args: argparse.Namespace) -> tuple[list[dict], int]:
                                                      time.time() - t0)
     cfg_dict = {**asdict(base), "models": models, "init": args.init,
                 "data_roots": {t: getattr(args, t) for t in SUITE_TASKS}}
-    if not is_main_process():  # every rank ran every run; rank 0 writes the tables
+    if rank() != 0:  # every rank ran every run; rank 0 writes the tables
         return rows, failed
     (out / "comparison.json").write_text(json.dumps(
         {"rows": rows, "paper": {"model": "USF-MAE (paper)", "percent": PAPER_RESULTS}, "config": cfg_dict},

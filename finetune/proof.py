@@ -31,14 +31,17 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
+
+from runconfig import add_arguments, config, parse
+from trainer.precision import PRECISIONS
 
 METHODS = ("linear_probe", "finetune")
 INITS = ("random", "pretrained")
 
 
-@dataclass
+@config
 class ProofConfig:
     labels: str  # CSV with path,label,patient (path relative to the CSV)
     export: str  # the pretrained encoder (export dir)
@@ -62,7 +65,7 @@ class ProofConfig:
     recon: str | None = None  # reconstruction grid to name under the table
     shards: str | None = None  # pretraining shard dir: check the task was held out of it
     holdout_name: str = "lesions_holdout"  # the task's dataset name in that build
-    precision: str = "auto"  # the runner's rule: bf16 where the hardware runs it natively, else fp32
+    precision: Literal[PRECISIONS] = "auto"  # the runner's rule: bf16 where it runs natively, else fp32
 
 
 def load_task(csv_path: str | Path, curate: bool = True):
@@ -83,9 +86,9 @@ def load_task(csv_path: str | Path, curate: bool = True):
         image = None
         if curate:
             from sharder.curate import curate as curate_frame
-            from dali_pipes.finetune_torch import read_gray
+            from sharder.intensity import read_gray_u8
 
-            image = curate_frame(read_gray(path)).image
+            image = curate_frame(read_gray_u8(path)).image
         recs.append(Record(path=path, label=names.index(r["label"]), group=r["patient"], image=image))
     return recs, names
 
@@ -121,7 +124,7 @@ def split_task(recs, test_fraction: float, seed: int):
 def finetune_config(cfg: ProofConfig, method: str, init: str, output_dir: str | None = None,
                     seed: int | None = None):
     """The runner config of one cell: only ``init`` differs between random and pretrained."""
-    from finetune.runner import FinetuneConfig
+    from finetune.config import FinetuneConfig
 
     probe = method == "linear_probe"
     return FinetuneConfig(
@@ -246,19 +249,8 @@ def table(rows: list[dict], recon: str | None = None) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--labels", required=True)
-    p.add_argument("--export", required=True)
-    p.add_argument("--output-dir", required=True)
-    for f in fields(ProofConfig):
-        if f.name in ("labels", "export", "output_dir"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default) if f.default is not None else str, default=f.default)
-    a = p.parse_args(argv)
-    cfg = ProofConfig(**vars(a))
+    add_arguments(p, ProofConfig)
+    cfg = parse(p, ProofConfig, argv)[0]
     rows = run_proof(cfg)
     print()
     print(table(rows, cfg.recon))
