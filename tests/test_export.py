@@ -51,7 +51,7 @@ def test_pretraining_init_from_a_release_file_is_logged(run):
 
 @torch.no_grad()
 def test_timm_loads_the_export_by_itself(run):
-    from trainer.export import load_mae_from_checkpoint
+    from trainer.weights import build_mae
 
     enc = timm.create_model(f"local-dir:{run['export']}", pretrained=True).eval()
     cfg = json.loads((run["export"] / "config.json").read_text())
@@ -67,7 +67,7 @@ def test_timm_loads_the_export_by_itself(run):
     assert enc.patch_embed.proj.weight.shape == (192, 1, 8, 8) and len(enc.blocks) == 4
     data = timm.data.resolve_data_config({}, model=enc)
     assert tuple(data["input_size"]) == (1, IMG, IMG) and tuple(data["mean"]) == tuple(pc["mean"])
-    mae = load_mae_from_checkpoint(run["run"])
+    mae = build_mae(run["run"])[0]
     x = torch.randn(2, 1, IMG, IMG)
     ours = mae.forward_encoder(x, 0.0, torch.arange(16.0).expand(2, -1))[0]
     assert torch.allclose(enc.forward_features(x), ours, atol=1e-5)

@@ -71,14 +71,14 @@ def test_export_loads_in_plain_timm(pretrain_run, tmp_path):
     config and card in detail) whose encoder computes what the MAE's encoder computes."""
     import timm
 
-    from trainer.export import load_mae_from_checkpoint
+    from trainer.weights import build_mae
 
     run_py(["-m", "trainer.export", str(pretrain_run / "checkpoints"), str(tmp_path / "exp")])
     cfg = json.loads((tmp_path / "exp" / "config.json").read_text())
     assert cfg["model_args"]["in_chans"] == 1 and cfg["model_args"]["img_size"] == 64
     assert 0 < cfg["pretrained_cfg"]["mean"][0] < 1 and cfg["pretrained_cfg"]["std"][0] > 0
     enc = timm.create_model(f"local-dir:{tmp_path / 'exp'}", pretrained=True).eval()
-    mae = load_mae_from_checkpoint(pretrain_run / "checkpoints").eval()
+    mae = build_mae(pretrain_run / "checkpoints")[0].eval()
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         ours, _, _ = mae.forward_encoder(x, mask_ratio=0.0, noise=torch.arange(16.0).expand(2, -1))

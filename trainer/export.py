@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from runconfig import add_arguments, config, parse
 
-from .weights import Weights, build_mae, read_weights, run_manifest
+from .weights import Weights, read_weights, run_manifest
 
 EVAL_CROP_PCT = 0.875  # the fine-tune runner's eval view: resize to img / 0.875, centre crop
 DEFAULT_LICENSE = "other"  # the training data's licences decide; the card lists them
@@ -173,11 +173,6 @@ def _manifest_license(manifest: dict | None) -> str:
         return DEFAULT_LICENSE
     lic = {d.get("licence") for d in manifest.get("config", {}).get("datasets", []) if not d.get("holdout")}
     return lic.pop().lower() if len(lic) == 1 and None not in lic else DEFAULT_LICENSE
-
-
-def load_mae_from_checkpoint(ckpt_dir: str | Path):
-    """The full MAE (encoder + decoder) of a checkpoint, e.g. for reconstructions (eval mode)."""
-    return build_mae(read_weights(ckpt_dir))[0]
 
 
 @config
