@@ -49,6 +49,7 @@ from finetune.engine import EpochTotals, build_optimizer, evaluate, train_one_ep
 from finetune.models import ModelBundle, build_model
 from finetune.report import aggregate_runs, json_ready, paper_figures, results_markdown, versions, write_run
 from finetune.tasks import TASKS, DatasetFormatError, Record, Split, TaskData, group_split, load_task
+from runconfig import save_yaml
 from trainer.distributed import rank
 from trainer.precision import resolve_precision
 
@@ -74,10 +75,6 @@ def resolve_config(cfg: FinetuneConfig, bundle: ModelBundle | None = None, world
         c.warmup_epochs = c.epochs / 10
     if bundle is not None:
         c.img_size, c.in_chans = bundle.img_size, bundle.in_chans
-    if c.balanced not in ("none", "loss", "sampler"):
-        raise ValueError(f"--balanced must be none, loss or sampler, got {c.balanced!r}")
-    if c.select_metric not in ("f1", "accuracy", "auc", "loss"):
-        raise ValueError(f"--select-metric must be f1, accuracy, auc or loss, got {c.select_metric!r}")
     return c
 
 
@@ -351,6 +348,7 @@ def _run_splits(data: TaskData, cfg: FinetuneConfig) -> dict:
     if out is not None and rank() == 0:
         resolved = dict(runs[0]["config"])
         (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        save_yaml(cfg, out / "config.yaml")  # the run's FinetuneConfig: `--config config.yaml` replays it
     return result
 
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from finetune import runner as FT
-from finetune.config import ENCODER, PROBE_BLR, FinetuneConfig
+from finetune.config import ENCODER, PROBE_BLR, FinetuneConfig, config_from_args
 from finetune.engine import build_optimizer, lr_at, smooth_one_hot, soft_cross_entropy, train_one_epoch
 from finetune.models import build_model, load_baseline, load_encoder
 from finetune.tasks import Record
@@ -245,9 +245,11 @@ def test_dali_loader_unavailable_is_clear(monkeypatch):
 
 def test_cli_busbra_writes_results(env, capsys):
     out = env["root"] / "run_busbra"
-    rc = FT.main(["--task", "busbra", "--data-root", str(env["busbra"]["dir"].parent), "--init", str(env["export"]),
-                  "--output-dir", str(out), "--save-model", *FAST])
+    argv = ["--task", "busbra", "--data-root", str(env["busbra"]["dir"].parent), "--init", str(env["export"]),
+            "--output-dir", str(out), "--save-model", *FAST]
+    rc = FT.main(argv)
     assert rc == 0
+    assert config_from_args(["--config", str(out / "config.yaml")]) == config_from_args(argv)  # the run replays
     for f in ("results.json", "results.md", "confusion.png", "roc.png", "config.json", "log.jsonl",
               "model_best.safetensors"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -345,7 +347,7 @@ def test_mixup_cutmix_sampler_bf16_path(env, monkeypatch):
                     mixup=0.8, cutmix=1.0, balanced="sampler", precision="bf16", val_fraction=0.0)
     assert calls and all(n % 2 == 0 for n in calls)
     assert r["config"]["mixup"] == 0.8 and r["config"]["balanced"] == "sampler" and r["n_test"] == 4
-    with pytest.raises(ValueError, match="--balanced"):
+    with pytest.raises(ValueError, match="balanced: Input should be 'none', 'loss' or 'sampler'"):
         FT.finetune(data[:16], data[16:], init=str(env["export"]), epochs=1, balanced="weights")
 
 
