@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sharder dali_pipes trainer benchmarks tests
+	$(VENV)/bin/ruff check sharder dali_pipes trainer finetune phantom runconfig benchmarks tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --json benchmarks/results/latest_cpu.json

@@ -77,6 +77,17 @@ def rejection(path: Path, fmt: str | None = "auto", **opts) -> InputRejected:
     return info.value
 
 
+def rejection_and_peak(path: Path):
+    """The rejection of ``path`` and the peak Python memory reading it took (bytes)."""
+    tracemalloc.start()
+    try:
+        err = rejection(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return err, peak
+
+
 def gray8() -> np.ndarray:
     return RNG.integers(0, 256, (H, W), dtype=np.uint8)
 
@@ -478,12 +489,7 @@ def test_png_bomb_header_rejected_without_allocating(tmp_path):
     p = tmp_path / "bomb.png"
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
                   + png_chunk(b"IEND", b""))
-    tracemalloc.start()
-    try:
-        err = rejection(p)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    err, peak = rejection_and_peak(p)
     assert err.reason == "too_large"
     assert peak < 20_000_000  # the 10 GB image was never allocated
     # the limit is the caller's, not PIL's: a small image is too large under a small limit
@@ -976,12 +982,7 @@ def test_volume_bomb_headers_rejected_before_reading(tmp_path):
     mha.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 30000 30000 2\nElementType = MET_UCHAR\n"
                     b"ElementDataFile = LOCAL\n" + b"\x00" * 1000)
     for p in (nii, mha):
-        tracemalloc.start()
-        try:
-            err = rejection(p)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        err, peak = rejection_and_peak(p)
         assert err.reason == "too_large", p.name
         assert peak < 20_000_000
 
